@@ -1,0 +1,22 @@
+"""Gaussian guide family for latent sites with a Normal prior (e.g. the DBB offsets β)."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import Normal
+from pyro.nn import PyroModule
+from torch import nn
+
+
+class NormalFamily(PyroModule):
+    def __init__(self, init_loc: torch.Tensor, log_scale_init: float = -5.0):
+        super().__init__()
+        self.loc = nn.Parameter(init_loc.detach().clone())
+        self.log_scale = nn.Parameter(torch.full_like(self.loc, log_scale_init))
+
+    def distribution(self) -> Normal:
+        return Normal(self.loc, self.log_scale.exp())
+
+    @classmethod
+    def from_site(cls, prior, init, shape: torch.Size) -> NormalFamily:
+        return cls(init if init is not None else torch.zeros(shape))

@@ -1,0 +1,216 @@
+"""The ``pyro-sparse`` command: ``train`` and ``evaluate`` (``pyro-sparse --help``).
+
+Bad input exits with status 2 and one line on stderr naming what is wrong; nothing already in RUN_DIR is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METHOD_DEFAULTS = {
+    # METHODS.md schedules: SVD from scratch with KL warm-up; SBP / BB fine-tune with a larger lr on noise/gates
+    "dense": {"lr_schedule": "linear"},
+    "svd": {"lr_schedule": "linear", "warmup": True},
+    "sbp": {"lr_schedule": "linear", "lr_latent": 1e-2},
+    "bb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
+    "dbb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
+}
+DEFAULT_EPOCHS = {"digits": 200, "noise-digits": 200, "mnist": 200, "fashion-mnist": 200}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(2, f"pyro-sparse: error: {message}\n")
+
+
+def _fail(message: str, code: int = 2):
+    print(f"pyro-sparse: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models import ARCHS, METHODS
+
+    from .data import DATASETS
+
+    p = _Parser(prog="pyro-sparse", description="Bayesian sparsification of neural networks in Pyro.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR")
+    t.add_argument("--method", required=True, choices=METHODS)
+    t.add_argument("--arch", required=True, choices=ARCHS)
+    t.add_argument("--dataset", required=True, choices=DATASETS)
+    t.add_argument("--data-root", default=None, help="folder holding MNIST/ and FashionMNIST/ (torchvision layout)")
+    t.add_argument("--epochs", type=int, default=None, help="default: 200")
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the model's weights")
+    t.add_argument("--lr-latent", type=float, default=None, help="Adam lr of the guide's parameters")
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--lr-schedule", choices=("constant", "linear", "step"), default=None)
+    t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"), default=None,
+                   help="KL weight 0 before epoch START, 1 from epoch END (SVD default 5 20)")
+    t.add_argument("--weight-threshold", type=float, default=3.0, help="SVD: prune weights with log alpha >= this")
+    t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
+    t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="RUN_DIR")
+    t.add_argument("--init-from", default=None, help="RUN_DIR of a finished dense run to start from")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
+    e.add_argument("run_dir")
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--device", default="cpu")
+    return p
+
+
+def _train_config(a, epochs: int):
+    from .infer import TrainConfig
+
+    d = METHOD_DEFAULTS[a.method]
+    if a.warmup is not None:
+        warmup = tuple(a.warmup)
+    elif d.get("warmup"):
+        warmup = (5, 20) if epochs >= 40 else (epochs // 8, epochs // 2)
+    else:
+        warmup = (0, 0)
+    return TrainConfig(
+        epochs=epochs, batch_size=a.batch_size, lr=a.lr, lr_latent=a.lr_latent or d.get("lr_latent"),
+        weight_decay=a.weight_decay if a.weight_decay is not None else d.get("weight_decay", 0.0),
+        lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
+        device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
+        measure_latency=not a.no_latency,
+    )
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        _fail(f"unknown --device {device!r}; expected cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda was asked for, but torch sees no CUDA device")
+
+
+def cmd_train(a) -> int:
+    import torch
+
+    from guides import MeanFieldGuide
+    from models import build_model, load_pretrained
+
+    from .data import DataNotFoundError, load_dataset
+    from .infer import CheckpointError, fit, load_checkpoint
+    from .infer.train import METRICS
+
+    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
+    if epochs <= 0:
+        _fail(f"--epochs must be a positive integer, got {epochs}")
+    for name in ("lr", "lr_latent", "temperature"):
+        v = getattr(a, name)
+        if v is not None and not v > 0:
+            _fail(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if a.batch_size <= 0:
+        _fail(f"--batch-size must be positive, got {a.batch_size}")
+    _check_device(a.device)
+    out = Path(a.out)
+    identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs}
+    if a.resume:
+        cfg_path = out / "config.json"
+        if not cfg_path.is_file():
+            _fail(f"--resume: {out} holds no run (config.json missing)")
+        saved = json.loads(cfg_path.read_text())
+        diff = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+        if diff:
+            _fail(f"--resume: arguments differ from the run in {out}: " +
+                  ", ".join(f"{k} was {s!r}, now {n!r}" for k, (s, n) in diff.items()))
+        if (out / METRICS).is_file():
+            _fail(f"--resume: the run in {out} has already finished (metrics.json exists)")
+    elif out.exists() and any(out.iterdir()):
+        _fail(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
+    try:
+        data = load_dataset(a.dataset, a.data_root)
+    except DataNotFoundError as e:
+        _fail(str(e))
+    unit_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
+    try:
+        model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
+                            data.mean, data.std, **unit_kwargs)
+    except ValueError as e:
+        _fail(f"{e} (dataset {a.dataset})")
+    if a.init_from:
+        try:
+            state = load_checkpoint(a.init_from)["model"]
+            used = load_pretrained(model, state)
+        except (CheckpointError, ValueError) as e:
+            _fail(f"--init-from: {e}")
+        if not used:
+            _fail(f"--init-from: nothing in {a.init_from} matches arch {a.arch}")
+    guide = MeanFieldGuide(model)
+    cfg = _train_config(a, epochs)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    if not a.resume:
+        cfg_json = {**identity, "init_from": a.init_from, "data_root": a.data_root,
+                    "config": {k: v for k, v in vars(cfg).items() if k != "extra"}, "unit_kwargs": unit_kwargs}
+        (out / "config.json").write_text(json.dumps(cfg_json, indent=1))
+    try:
+        metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
+                      meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
+    except CheckpointError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume", file=sys.stderr)
+        return 130
+    _print_summary(metrics)
+    del torch
+    return 0
+
+
+def _print_summary(m: dict) -> None:
+    print(
+        f"{m['method']} {m['arch']} on {m['dataset']}: test error {m['test_error']:.2f}%  "
+        f"compression {m['compression']:.1f}x ({m['n_nonzero']}/{m['n_weights']} weights)  "
+        f"units {'-'.join(map(str, m['units']))}  FLOPs speed-up {m['flops_speedup']:.2f}x  "
+        f"memory {100 * m['memory_fraction']:.2f}%  [{m['epochs']} epochs, {m['train_seconds']:.0f} s]"
+    )
+
+
+def cmd_evaluate(a) -> int:
+    from .compress import load_compressed
+    from .data import DataNotFoundError, load_dataset
+    from .metrics import test_error
+
+    run = Path(a.run_dir)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        _fail(f"{run} holds no run (config.json missing)")
+    _check_device(a.device)
+    cfg = json.loads(cfg_path.read_text())
+    try:
+        net = load_compressed(run, a.device)
+        data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    except DataNotFoundError as e:
+        _fail(str(e))
+    err = test_error(net, data.x_test, data.y_test)
+    print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": net.units}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

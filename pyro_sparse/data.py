@@ -1,0 +1,112 @@
+"""Datasets as in-memory tensors: torchvision's MNIST / Fashion-MNIST classes, scikit-learn's 8×8 digits.
+
+Images come as ``torchvision.transforms.ToTensor()`` gives them: ``[N, 1, 28, 28]`` floats in [0, 1]; digits as
+``[N, 64]`` floats in [0, 1] (pixel / 16). Standardisation statistics (scalar mean and std of the training inputs) are
+returned with the data and live inside the networks (``Standardize``), so compact networks take raw inputs.
+
+Offline use: pass ``root`` (CLI ``--data-root``; default ``$PYRO_SPARSE_DATA`` or ``./data``); a missing folder raises
+:class:`DataNotFoundError` naming the folder and the files expected there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATASETS = ("digits", "noise-digits", "mnist", "fashion-mnist")
+_IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+#: fixed split of scikit-learn digits: stratified, 25% test, ``random_state=0`` (1347 train / 450 test)
+DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, NOISE_SEED = 0.25, 0, 0
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is not in the given root folder (and was not to be downloaded)."""
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors plus what a model needs to know about them."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def mean(self) -> float:
+        return float(self.x_train.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.x_train.std())
+
+
+def default_root() -> str:
+    return os.environ.get("PYRO_SPARSE_DATA", "./data")
+
+
+def _digits(noise: bool) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x / 16.0, y, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=y
+    )
+    x_tr, x_te = torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32)
+    if noise:  # 64 Gaussian features with the pixels' mean and variance (Molchanov et al. 2017, Sec. 6.1)
+        g = torch.Generator().manual_seed(NOISE_SEED)
+        mu, sd = x_tr.mean(), x_tr.std()
+        x_tr = torch.cat([x_tr, mu + sd * torch.randn(x_tr.shape, generator=g)], 1)
+        x_te = torch.cat([x_te, mu + sd * torch.randn(x_te.shape, generator=g)], 1)
+    name = "noise-digits" if noise else "digits"
+    return Dataset(name, x_tr, torch.tensor(y_tr), x_te, torch.tensor(y_te), 10)
+
+
+def _torchvision(name: str, root: str, download: bool) -> Dataset:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    folder = Path(root) / cls.__name__ / "raw"
+    try:
+        train = cls(root=root, train=True, download=download)
+        test = cls(root=root, train=False, download=download)
+    except RuntimeError as e:
+        raise DataNotFoundError(
+            f"{name} not found in {folder} (expected {', '.join(_IDX_FILES)}, optionally .gz); pass --data-root "
+            f"pointing at the folder that contains {cls.__name__}/raw, or download=True when online ({e})"
+        ) from None
+
+    def to_tensor(ds):
+        return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
+
+    x_tr, y_tr = to_tensor(train)
+    x_te, y_te = to_tensor(test)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, 10)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    """Load a dataset by name (one of :data:`DATASETS`).
+
+    :raises ValueError: unknown name. :raises DataNotFoundError: image data missing from ``root``.
+    """
+    if name in ("digits", "noise-digits"):
+        return _digits(noise=name == "noise-digits")
+    if name in ("mnist", "fashion-mnist"):
+        return _torchvision(name, str(root or default_root()), download)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """The first ``n_train`` / ``n_test`` examples (for tests and smoke runs)."""
+    return Dataset(ds.name, ds.x_train[:n_train], ds.y_train[:n_train], ds.x_test[:n_test], ds.y_test[:n_test],
+                   ds.num_classes)

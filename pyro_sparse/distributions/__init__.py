@@ -1,0 +1,16 @@
+"""Priors and variational families of pyro-sparse; importing this package registers every analytic KL."""
+
+from . import kl
+from .kl import kl_normal_log_uniform_from_log_alpha, kumaraswamy_expected_log1m, log_alpha
+from .log_uniform import LogUniform
+from .truncated import TruncatedLogNormal, TruncatedLogUniform
+
+__all__ = [
+    "LogUniform",
+    "TruncatedLogNormal",
+    "TruncatedLogUniform",
+    "kl",
+    "kl_normal_log_uniform_from_log_alpha",
+    "kumaraswamy_expected_log1m",
+    "log_alpha",
+]

@@ -1,0 +1,237 @@
+"""Truncated log-uniform prior and truncated log-normal guide for structured Bayesian pruning.
+
+Source: Neklyudov, Molchanov, Ashukha, Vetrov, "Structured Bayesian Pruning via Log-Normal Multiplicative Noise",
+NeurIPS 2017 (arXiv 1705.07283), Sec. 4. Both are distributions of a positive noise variable θ whose logarithm is
+uniform (prior) or normal (guide) on ``[a, b]``.
+
+All special functions are evaluated in float64 and in log space (``torch.special.log_ndtr``), so moments, samples
+and the KL stay finite for ``loc ∈ [-25, 5]`` and ``log scale ∈ [-20, 5]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log1mexp(t: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(t)) for t <= 0, accurate over the whole range."""
+    t = t.clamp(max=-1e-300)
+    return torch.where(t > -math.log(2.0), torch.log(-torch.expm1(t)), torch.log1p(-torch.exp(t)))
+
+
+def _g(t: torch.Tensor) -> torch.Tensor:
+    """``log Φ(t) + t²/2 = log(erfcx(−t/√2)/2)`` for t <= 0: the well-scaled part of the lower-tail log CDF."""
+    return torch.log(0.5 * torch.special.erfcx(-t.clamp(max=0.0) / math.sqrt(2.0)))
+
+
+def _log_ndtr_diff_parts(x: torch.Tensor, y: torch.Tensor):
+    """Split ``log(Φ(y) − Φ(x))`` (x <= y) into ``(region, quad, rest)`` with ``log(...) = quad + rest``.
+
+    ``region`` is -1 when both bounds are <= 0 (``quad = −y²/2``), +1 when both are >= 0 (``quad = −x²/2``, by
+    the symmetry ``Φ(y) − Φ(x) = Φ(−x) − Φ(−y)``) and 0 when they straddle zero (``quad = 0``). ``rest`` is of
+    moderate size in every case, so the huge quadratic parts can be cancelled analytically by the caller.
+    """
+    lower, upper = y <= 0, x >= 0
+    d = (x - y) * (x + y) / 2  # (x² − y²)/2 without cancellation
+    rest_low = _g(y) + _log1mexp(_g(x) - _g(y) - d)
+    rest_up = _g(-x) + _log1mexp(_g(-y) - _g(-x) + d)
+    rest_mid = torch.log1p(-(torch.special.ndtr(x) + torch.special.ndtr(-y)).clamp(max=1.0))
+    region = torch.where(lower, -1, torch.where(upper, 1, 0))
+    quad = torch.where(lower, -0.5 * y * y, torch.where(upper, -0.5 * x * x, torch.zeros_like(x)))
+    rest = torch.where(lower, rest_low, torch.where(upper, rest_up, rest_mid))
+    return region, quad, rest
+
+
+def log_ndtr_diff(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log(Φ(y) − Φ(x))`` for ``x <= y``, stable in both tails (float64 recommended)."""
+    _, quad, rest = _log_ndtr_diff_parts(x, y)
+    return quad + rest
+
+
+def _std_normal_log_pdf(x: torch.Tensor) -> torch.Tensor:
+    return -0.5 * x * x - _LOG_SQRT_2PI
+
+
+class TruncatedLogUniform(TorchDistribution):
+    """Prior on a positive noise variable θ with ``log θ ~ Uniform(a, b)`` (SBP, METHODS.md §2; a=-20, b=0).
+
+    :param a: lower bound of log θ (tensor or float).
+    :param b: upper bound of log θ, ``b > a``.
+    """
+
+    arg_constraints = {"a": constraints.real, "b": constraints.real}
+    support = constraints.positive
+    has_rsample = True
+
+    def __init__(self, a=-20.0, b=0.0, validate_args: bool | None = None):
+        self.a, self.b = broadcast_all(a, b)
+        if validate_args is not False and bool((self.b <= self.a).any()):
+            raise ValueError(f"TruncatedLogUniform needs b > a, got a={a}, b={b}")
+        super().__init__(self.a.shape, torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> TruncatedLogUniform:
+        new = self._get_checked_instance(TruncatedLogUniform, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.a = self.a.expand(batch_shape)
+        new.b = self.b.expand(batch_shape)
+        super(TruncatedLogUniform, new).__init__(batch_shape, torch.Size(), validate_args=False)
+        return new
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, dtype=self.a.dtype, device=self.a.device)
+        return torch.exp(self.a + u * (self.b - self.a))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        log_v = value.log()
+        lp = -log_v - torch.log(self.b - self.a)
+        inside = (log_v >= self.a) & (log_v <= self.b)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.b.exp() - self.a.exp()) / (self.b - self.a)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        m2 = (torch.exp(2 * self.b) - torch.exp(2 * self.a)) / (2 * (self.b - self.a))
+        return m2 - self.mean**2
+
+
+class TruncatedLogNormal(TorchDistribution):
+    """Guide on a positive noise variable θ with ``log θ ~ N(loc, scale²)`` truncated to ``[a, b]``.
+
+    Not a subclass of ``Normal`` on purpose: it must not inherit Normal's KL registrations (DESIGN.md contract 2).
+
+    Moments (METHODS.md §2), computed in log space:
+    ``E θ = exp(μ + σ²/2)·[Φ(β−σ) − Φ(α−σ)]/Z``, ``E θ² = exp(2μ + 2σ²)·[Φ(β−2σ) − Φ(α−2σ)]/Z``,
+    with ``α = (a−μ)/σ``, ``β = (b−μ)/σ``, ``Z = Φ(β) − Φ(α)``.
+
+    :param loc: μ, any shape.
+    :param scale: σ > 0, broadcastable with ``loc``.
+    :param a: lower truncation of log θ.
+    :param b: upper truncation of log θ.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.positive
+    has_rsample = True
+
+    def __init__(self, loc, scale, a=-20.0, b=0.0, validate_args: bool | None = None):
+        self.loc, self.scale, self.a, self.b = broadcast_all(loc, scale, a, b)
+        super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> TruncatedLogNormal:
+        new = self._get_checked_instance(TruncatedLogNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        for name in ("loc", "scale", "a", "b"):
+            setattr(new, name, getattr(self, name).expand(batch_shape))
+        super(TruncatedLogNormal, new).__init__(batch_shape, torch.Size(), validate_args=False)
+        return new
+
+    # -- standardised bounds, in float64 -------------------------------------------------------------
+    def _std(self):
+        loc, scale = self.loc.double(), self.scale.double()
+        alpha = (self.a.double() - loc) / scale
+        beta = (self.b.double() - loc) / scale
+        return loc, scale, alpha, beta
+
+    @property
+    def log_normalizer(self) -> torch.Tensor:
+        """log Z = log(Φ(β) − Φ(α)), float64."""
+        _, _, alpha, beta = self._std()
+        return log_ndtr_diff(alpha, beta)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Inverse-CDF sample ``log θ = μ + σ·Φ⁻¹(Φ(α) + u·Z)``, clipped to ``[a, b]`` (METHODS.md §2).
+
+        The CDF is inverted in log space in whichever tail holds the interval, so intervals many standard
+        deviations away from μ give samples at the near bound instead of NaN.
+        """
+        shape = self._extended_shape(sample_shape)
+        loc, scale, alpha, beta = self._std()
+        flip = alpha > 0  # interval in the upper tail: work with -x, whose interval is in the lower tail
+        lo = torch.where(flip, -beta, alpha)
+        hi = torch.where(flip, -alpha, beta)
+        u = torch.rand(shape, dtype=loc.dtype, device=loc.device).clamp(1e-12, 1 - 1e-12)
+        l_lo, l_hi = torch.special.log_ndtr(lo), torch.special.log_ndtr(hi)
+        log_p = torch.logaddexp(l_lo + torch.log1p(-u), l_hi + torch.log(u))
+        x = torch.special.ndtri(log_p.clamp(min=-700.0).exp())
+        # beyond ~30 sd the truncated normal is an exponential off the near bound (error O(1/hi²))
+        x = torch.where(hi < -30, hi + torch.log(u) / (-hi).clamp(min=30), x)
+        x = torch.minimum(torch.maximum(x, lo), hi)
+        x = torch.where(flip, -x, x)
+        log_theta = torch.minimum(torch.maximum(loc + scale * x, self.a.double()), self.b.double())
+        return log_theta.exp().to(self.loc.dtype)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        loc, scale, alpha, beta = self._std()
+        log_v = value.double().log()
+        z = (log_v - loc) / scale
+        lp = _std_normal_log_pdf(z) - scale.log() - log_ndtr_diff(alpha, beta) - log_v
+        inside = (log_v >= self.a.double()) & (log_v <= self.b.double())
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf)).to(self.loc.dtype)
+
+    def _log_moment(self, k: int) -> torch.Tensor:
+        """log E θ^k, float64.
+
+        ``k μ + k²σ²/2 + log(Φ(β−kσ) − Φ(α−kσ)) − log Z``; when both intervals lie in the same tail the
+        quadratic parts cancel exactly to ``k·b`` (lower tail) or ``k·a`` (upper tail), which keeps the result
+        exact for intervals up to ~1e9 standard deviations away from μ.
+        """
+        loc, scale, alpha, beta = self._std()
+        ks = k * scale
+        reg_s, quad_s, rest_s = _log_ndtr_diff_parts(alpha - ks, beta - ks)
+        reg_0, quad_0, rest_0 = _log_ndtr_diff_parts(alpha, beta)
+        same = reg_s == reg_0
+        quad = torch.where(
+            same & (reg_0 == -1),
+            k * self.b.double(),
+            torch.where(same & (reg_0 == 1), k * self.a.double(), k * loc + 0.5 * ks * ks + quad_s - quad_0),
+        )
+        return quad + rest_s - rest_0
+
+    @property
+    def mean(self) -> torch.Tensor:
+        log_m = torch.minimum(torch.maximum(self._log_moment(1), self.a.double()), self.b.double())
+        return log_m.exp().to(self.loc.dtype)
+
+    def _log_cv2(self) -> torch.Tensor:
+        """log of the squared coefficient of variation, log(Var θ / (E θ)²) = log expm1(log E θ² − 2 log E θ)."""
+        d = (self._log_moment(2) - 2 * self._log_moment(1)).clamp(min=1e-30)
+        return torch.log(torch.expm1(d))
+
+    @property
+    def variance(self) -> torch.Tensor:
+        log_m = torch.minimum(torch.maximum(self._log_moment(1), self.a.double()), self.b.double())
+        return torch.exp(2 * log_m + self._log_cv2()).to(self.loc.dtype)
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio ``E θ / sqrt(Var θ)`` (dimensionless, batch shape); units with SNR < 1 are pruned."""
+        return torch.exp(-0.5 * self._log_cv2()).to(self.loc.dtype)
+
+    def entropy(self) -> torch.Tensor:
+        """Differential entropy of log θ (the truncated normal), float of ``loc``'s dtype.
+
+        ``H = log σ + ½ log(2πe) + log Z + (α φ(α) − β φ(β)) / (2Z)``; when the interval lies more than 1e3
+        standard deviations into a tail, the exponential limit ``log σ + 1 − log|β|`` is used (error O(1/β²)).
+        """
+        loc, scale, alpha, beta = self._std()
+        flip = alpha > 0
+        lo = torch.where(flip, -beta, alpha)
+        hi = torch.where(flip, -alpha, beta)
+        log_z = log_ndtr_diff(lo, hi)
+        t_lo = lo * torch.exp(_std_normal_log_pdf(lo) - log_z)
+        t_hi = hi * torch.exp(_std_normal_log_pdf(hi) - log_z)
+        h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)
+        far = hi < -1e3
+        h_far = 1.0 - torch.log(-hi.clamp(max=-1e3))
+        h_std = torch.where(far, h_far, h_std)
+        return (scale.log() + h_std).to(self.loc.dtype)

@@ -1,0 +1,253 @@
+"""The one training loop of pyro-sparse, for every method and architecture (DESIGN.md contract 5).
+
+SVI on :class:`~pyro_sparse.infer.SparseELBO` with a PyTorch Adam over two parameter groups — the model's point
+estimates (``lr``, ``weight_decay``) and the guide's variational parameters (``lr_latent``) — a per-epoch learning-rate
+schedule, KL warm-up, a tqdm progress bar, per-epoch metrics of the *compact* network appended to ``log.jsonl``, an
+atomic checkpoint every epoch and exact resume.
+
+Determinism: epoch ``e`` seeds its shuffling and its noise with ``seed·100003 + e``, so a resumed run reaches the same
+final state as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..compress import compress, save_compressed
+from ..data import Dataset
+from ..metrics import latency_report, summarize, test_error
+from .elbo import SparseELBO
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+METRICS = "metrics.json"
+SCHEDULES = ("constant", "linear", "step")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run (defaults: METHODS.md §1 schedule for SVD).
+
+    :ivar epochs: number of epochs (> 0).
+    :ivar batch_size: minibatch size B.
+    :ivar lr: Adam learning rate of the model's point estimates (weights, biases).
+    :ivar lr_latent: learning rate of the guide's parameters (θ, log σ², noise and gate parameters); None = ``lr``.
+    :ivar weight_decay: L2 weight decay on the model's point estimates only.
+    :ivar lr_schedule: ``constant``; ``linear`` (constant until ``decay_start``·epochs, then linear to 0);
+        ``step`` (×0.1 at 50% and 80% of the epochs).
+    :ivar warmup_start, warmup_end: KL weight β is 0 before epoch ``warmup_start`` and rises linearly to 1 at
+        ``warmup_end`` (equal values: no warm-up).
+    """
+
+    epochs: int = 200
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_latent: float | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    decay_start: float = 0.5
+    warmup_start: int = 0
+    warmup_end: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    weight_threshold: float = 3.0
+    unit_threshold: float | None = None
+    measure_latency: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs <= 0:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        for name in ("lr", "lr_latent"):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.warmup_end < self.warmup_start:
+            raise ValueError(f"warmup_end ({self.warmup_end}) must be >= warmup_start ({self.warmup_start})")
+
+    def kl_weight(self, epoch: int) -> float:
+        """KL warm-up β for ``epoch`` (0-based)."""
+        if self.warmup_end <= self.warmup_start:
+            return 1.0
+        return min(1.0, max(0.0, (epoch - self.warmup_start) / (self.warmup_end - self.warmup_start)))
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the learning rates in ``epoch`` (0-based)."""
+        if self.lr_schedule == "linear":
+            start = int(self.decay_start * self.epochs)
+            return 1.0 if epoch < start else max(0.0, 1.0 - (epoch - start) / max(1, self.epochs - start))
+        if self.lr_schedule == "step":
+            return 0.1 ** ((epoch >= 0.5 * self.epochs) + (epoch >= 0.8 * self.epochs))
+        return 1.0
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: str | os.PathLike) -> dict:
+    """Read ``RUN_DIR/checkpoint.pt`` safely (``weights_only=True``). :raises CheckpointError: missing/corrupted."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not {"epoch", "model", "guide", "optimizer"} <= set(ckpt):
+            raise ValueError("missing keys")
+        return ckpt
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted: {e}") from None
+
+
+def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with the two parameter groups ``weights`` (model) and ``latent`` (guide)."""
+    groups = [
+        {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
+        {"params": list(guide.parameters()), "lr": cfg.lr_latent or cfg.lr, "weight_decay": 0.0, "name": "latent"},
+    ]
+    return torch.optim.Adam([g for g in groups if g["params"]])
+
+
+def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
+        resume: bool = False, progress: bool = True, meta: dict | None = None) -> dict:
+    """Train ``model`` and ``guide`` on ``data``; returns the final metrics (also written to ``RUN_DIR``).
+
+    :param run_dir: where ``log.jsonl``, ``checkpoint.pt``, the compact network and ``metrics.json`` go (None: keep
+        nothing on disk).
+    :param resume: continue from ``RUN_DIR/checkpoint.pt``.
+    :param meta: extra entries for ``metrics.json`` (method, arch, dataset…).
+    :raises CheckpointError: ``resume`` without a usable checkpoint.
+    """
+    cfg.validate()
+    device = torch.device(cfg.device)
+    model.to(device)
+    guide.to(device)
+    model.num_data = data.x_train.shape[0]
+    opt = make_optimizer(model, guide, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    elbo = SparseELBO()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    start, train_seconds = 0, 0.0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        try:
+            model.load_state_dict(ckpt["model"])
+            guide.load_state_dict(ckpt["guide"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model: {e}") from None
+        start, train_seconds = ckpt["epoch"] + 1, float(ckpt.get("train_seconds", 0.0))
+        _truncate_log(run_dir / LOG, ckpt["epoch"])
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    n = x.shape[0]
+    record: dict = {}
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        seed = cfg.seed * 100003 + epoch
+        torch.manual_seed(seed)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        elbo.kl_weight = cfg.kl_weight(epoch)
+        model.train()
+        guide.train()
+        tot_loss = tot_nll = 0.0
+        wrong = steps = 0
+        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if progress else True, mininterval=1.0)
+        for i in bar:
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = elbo.differentiable_loss(model, guide, xb, yb)
+            loss.backward()
+            opt.step()
+            steps += 1
+            tot_loss += float(loss.detach()) / n
+            tot_nll += elbo.nll / n
+            wrong += int((elbo.last_return.argmax(-1) != yb).sum())
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{tot_loss / steps:.4f}", err=f"{100 * wrong / min(n, steps * cfg.batch_size):.2f}%")
+        sched.step()
+        train_seconds += time.perf_counter() - t0
+        compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
+        record = {
+            "epoch": epoch + 1,
+            "loss": tot_loss / steps,
+            "nll": tot_nll / steps,
+            "kl": elbo.kl,
+            "kl_weight": elbo.kl_weight,
+            "lr": opt.param_groups[0]["lr"],
+            "train_error": 100.0 * wrong / n,
+            "test_error": test_error(compact, data.x_test, data.y_test),
+            "units": compact.units,
+            "nonzero_weights": sum(int(m.weight.ne(0).sum()) for m in compact if hasattr(m, "weight")),
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1:4d}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  kl {record['kl']:.1f}  "
+                f"train err {record['train_error']:.2f}%  test err {record['test_error']:.2f}%  "
+                f"units {'-'.join(map(str, compact.units))}"
+            )
+        if run_dir is not None:
+            _atomic_torch_save(
+                {"epoch": epoch, "model": model.state_dict(), "guide": guide.state_dict(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_seconds": train_seconds,
+                 "config": json.dumps(asdict(cfg))},
+                run_dir / CHECKPOINT,
+            )
+            with open(run_dir / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
+
+
+def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, train_seconds: float,
+             meta: dict | None = None, last: dict | None = None) -> dict:
+    """Compress, measure (one metrics function) and write ``metrics.json`` + the compact network to ``run_dir``."""
+    compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
+    full = compress(model, guide, keep_all=True)
+    metrics = {**(meta or {}), "epochs": cfg.epochs, "seed": cfg.seed}
+    metrics.update(summarize(compact, full, data.x_test, data.y_test))
+    metrics["train_seconds"] = train_seconds
+    metrics["seconds_per_epoch"] = train_seconds / max(1, cfg.epochs)
+    if last:
+        metrics.update({k: last[k] for k in ("nll", "kl", "train_error") if k in last})
+    if cfg.measure_latency:
+        metrics.update(latency_report(compact, full))
+    if run_dir is not None:
+        save_compressed(compact, run_dir)
+        _atomic_json(metrics, run_dir / METRICS)
+    return metrics
+
+
+def _truncate_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines written after the checkpoint (a run killed between the two writes)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch + 1]
+    path.write_text("".join(ln + "\n" for ln in keep))

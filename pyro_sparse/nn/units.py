@@ -1,0 +1,133 @@
+"""Unit-wise sparsifying modules: multiplicative noise (SBP) and gates (BB) on neurons or conv channels.
+
+A unit module multiplies feature ``k`` (dim 1 of its input: a neuron of a dense layer's input, or a conv output
+channel) by a positive latent ``θ_k`` (SBP) or a relaxed Bernoulli gate ``z_k`` with keep probability ``π_k`` (BB).
+The latent has a prior declared with ``PyroSample``; per-example draws come from
+:func:`pyro_sparse.poutine.local_sample`. At test time the module is replaced, by :func:`pyro_sparse.compress`, by
+its posterior summary (``keep`` mask and multiplier) folded into the next weight layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import Beta, RelaxedBernoulli
+from pyro.nn import PyroModule, PyroSample
+from torch import nn
+
+from ..distributions import TruncatedLogUniform
+from ..poutine import local_sample
+
+
+def _broadcast_units(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Shape ``[K]`` or ``[B, K]`` → broadcastable against ``x [B, K, *spatial]``."""
+    extra = [1] * (x.dim() - 2)
+    return v.view(*v.shape, *extra) if v.dim() == 2 else v.view(v.shape[0], *extra)
+
+
+class UnitModule(PyroModule):
+    """Base class: ``num_units`` features along dim 1, one latent per unit in the site named by ``latent_site``."""
+
+    latent_site = ""
+
+    def __init__(self, num_units: int):
+        super().__init__()
+        self.num_units = num_units
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_units:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs [B, {self.num_units}, ...], got {list(x.shape)}"
+            )
+
+    def keep(self, q, threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior summary → ``(keep [K] bool, multiplier [K])`` from the guide distribution ``q`` (batch [K])."""
+        raise NotImplementedError
+
+
+class SBPNoise(UnitModule):
+    """Multiplicative log-normal noise ``x_k · θ_k`` with prior ``log θ_k ~ Uniform(a, b)`` (Neklyudov et al. 2017).
+
+    Pruning: units with ``SNR = E θ / sqrt(Var θ) < threshold`` (default 1) are removed; kept units are
+    multiplied by ``E θ`` at test time (METHODS.md §2).
+    """
+
+    latent_site = "theta"
+    default_threshold = 1.0
+
+    def __init__(self, num_units: int, a: float = -20.0, b: float = 0.0):
+        super().__init__(num_units)
+        self.register_buffer("a", torch.tensor(float(a)))
+        self.register_buffer("b", torch.tensor(float(b)))
+        self.theta = PyroSample(lambda self: TruncatedLogUniform(self.a, self.b).expand([self.num_units]).to_event(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return x * _broadcast_units(local_sample(self.theta, x.shape[0]), x)
+
+    def keep(self, q, threshold: float | None = None):
+        threshold = self.default_threshold if threshold is None else threshold
+        return q.snr() >= threshold, q.mean.detach()
+
+
+class BBGate(UnitModule):
+    """Beta-Bernoulli dropout gate (Lee et al. 2018): ``π_k ~ Beta(α/K, 1)``, ``z_nk ~ Bernoulli(π_k)``.
+
+    ``z`` is drawn per example from a relaxed Bernoulli (concrete) of temperature ``temperature`` and carries no KL
+    (q(z|π) = p(z|π)); only π is a latent site. Pruning: units with ``E[π] < threshold`` (default 1e-3) are
+    removed; kept units are multiplied by ``E[π]`` (METHODS.md §3).
+
+    :param alpha_over_k: the prior's first concentration α/K (default 1e-4).
+    """
+
+    latent_site = "pi"
+    default_threshold = 1e-3
+
+    def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1):
+        super().__init__(num_units)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.register_buffer("alpha_over_k", torch.tensor(float(alpha_over_k)))
+        self.pi = PyroSample(
+            lambda self: Beta(self.alpha_over_k, torch.ones_like(self.alpha_over_k))
+            .expand([self.num_units])
+            .to_event(1)
+        )
+
+    def gate(self, pi: torch.Tensor) -> torch.Tensor:
+        """Relaxed Bernoulli gate with keep probability ``pi`` (any shape)."""
+        pi = pi.clamp(1e-6, 1 - 1e-6)
+        return RelaxedBernoulli(torch.tensor(self.temperature, device=pi.device), probs=pi).rsample()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        pi = local_sample(self.pi, x.shape[0])
+        return x * _broadcast_units(self.gate(pi), x)
+
+    def keep(self, q, threshold: float | None = None):
+        threshold = self.default_threshold if threshold is None else threshold
+        mean = q.mean.detach()
+        return mean >= threshold, mean
+
+
+class Standardize(nn.Module):
+    """``(x − mean) / std`` with scalar buffers; lets networks take inputs exactly as ``ToTensor()`` gives them."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Select(nn.Module):
+    """Keep features ``index`` of dim 1 (compact networks use it for pruned input pixels)."""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.long())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
