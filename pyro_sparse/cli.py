@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str, code: int = 2):
-    print(f"pyro-sparse: error: {message}", file=sys.stderr)
+    print(f"pyro-sparse: error: {' '.join(str(message).split())}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -99,7 +99,7 @@ def _check_device(device: str) -> None:
 
 
 def cmd_train(a) -> int:
-    import torch
+    import pyro
 
     from guides import MeanFieldGuide
     from models import build_model, load_pretrained
@@ -137,6 +137,7 @@ def cmd_train(a) -> int:
         data = load_dataset(a.dataset, a.data_root)
     except DataNotFoundError as e:
         _fail(str(e))
+    pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     unit_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
@@ -171,7 +172,6 @@ def cmd_train(a) -> int:
         print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume", file=sys.stderr)
         return 130
     _print_summary(metrics)
-    del torch
     return 0
 
 
@@ -187,7 +187,7 @@ def _print_summary(m: dict) -> None:
 def cmd_evaluate(a) -> int:
     from .compress import load_compressed
     from .data import DataNotFoundError, load_dataset
-    from .metrics import test_error
+    from .metrics import classification_error
 
     run = Path(a.run_dir)
     cfg_path = run / "config.json"
@@ -202,7 +202,7 @@ def cmd_evaluate(a) -> int:
         _fail(str(e))
     except DataNotFoundError as e:
         _fail(str(e))
-    err = test_error(net, data.x_test, data.y_test)
+    err = classification_error(net, data.x_test, data.y_test)
     print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": net.units}))
     return 0
 

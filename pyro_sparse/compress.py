@@ -105,6 +105,8 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
             in_mult = torch.ones(n_in) if mult is None else mult.clone()
             if not keep_all:  # a unit whose every outgoing weight is zero is dead (SVD)
                 in_mask &= w.ne(0).transpose(0, 1).reshape(n_in, -1).any(1)
+            if not in_mask.any():  # everything pruned: keep one zeroed unit so that shapes stay valid
+                in_mask[0], in_mult[0] = True, 0.0
             ops.append({"kind": "weight", "name": name, "module": m, "w": w, "b": b, "in_mask": in_mask,
                         "in_mult": in_mult, "in_shape": shape, "conv": _is_conv(m)})
             mask = mult = None

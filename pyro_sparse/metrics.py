@@ -23,7 +23,7 @@ from torch import nn
 
 
 @torch.inference_mode()
-def test_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def classification_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Percent (0–100) of examples in ``x [N, ...]`` whose arg-max prediction differs from ``y [N]``."""
     net.eval()
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
@@ -48,7 +48,7 @@ def _walk(net: nn.Sequential, input_shape: tuple[int, ...]):
 def count_flops(net: nn.Sequential, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of one example (convention in the module docstring)."""
     total = 0
-    for layer, shp_in, shp_out in _walk(net, input_shape):
+    for layer, _, shp_out in _walk(net, input_shape):
         out = int(torch.Size(shp_out).numel())
         if isinstance(layer, nn.Linear):
             total += (2 * layer.in_features - 1) * layer.out_features + (
@@ -102,7 +102,7 @@ def summarize(
         "memory_fraction": memory_count(compact, shape) / memory_count(full, shape),
     }
     if x_test is not None and y_test is not None:
-        out["test_error"] = test_error(compact, x_test, y_test)
+        out["test_error"] = classification_error(compact, x_test, y_test)
     return out
 
 

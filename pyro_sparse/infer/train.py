@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..compress import compress, save_compressed
 from ..data import Dataset
-from ..metrics import latency_report, summarize, test_error
+from ..metrics import latency_report, summarize, classification_error
 from .elbo import SparseELBO
 
 CHECKPOINT = "checkpoint.pt"
@@ -120,7 +120,8 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
             raise ValueError("missing keys")
         return ckpt
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({first})") from None
 
 
 def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -133,13 +134,14 @@ def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
-        resume: bool = False, progress: bool = True, meta: dict | None = None) -> dict:
+        resume: bool = False, progress: bool = True, meta: dict | None = None, callback=None) -> dict:
     """Train ``model`` and ``guide`` on ``data``; returns the final metrics (also written to ``RUN_DIR``).
 
     :param run_dir: where ``log.jsonl``, ``checkpoint.pt``, the compact network and ``metrics.json`` go (None: keep
         nothing on disk).
     :param resume: continue from ``RUN_DIR/checkpoint.pt``.
     :param meta: extra entries for ``metrics.json`` (method, arch, dataset…).
+    :param callback: called as ``callback(record)`` after each epoch's checkpoint (e.g. early stopping by raising).
     :raises CheckpointError: ``resume`` without a usable checkpoint.
     """
     cfg.validate()
@@ -190,7 +192,8 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             tot_nll += elbo.nll / n
             wrong += int((elbo.last_return.argmax(-1) != yb).sum())
             if steps % 20 == 0:
-                bar.set_postfix(loss=f"{tot_loss / steps:.4f}", err=f"{100 * wrong / min(n, steps * cfg.batch_size):.2f}%")
+                seen = min(n, steps * cfg.batch_size)
+                bar.set_postfix(loss=f"{tot_loss / steps:.4f}", err=f"{100 * wrong / seen:.2f}%")
         sched.step()
         train_seconds += time.perf_counter() - t0
         compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
@@ -202,7 +205,7 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             "kl_weight": elbo.kl_weight,
             "lr": opt.param_groups[0]["lr"],
             "train_error": 100.0 * wrong / n,
-            "test_error": test_error(compact, data.x_test, data.y_test),
+            "test_error": classification_error(compact, data.x_test, data.y_test),
             "units": compact.units,
             "nonzero_weights": sum(int(m.weight.ne(0).sum()) for m in compact if hasattr(m, "weight")),
             "train_seconds": train_seconds,
@@ -223,6 +226,8 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             )
             with open(run_dir / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if callback is not None:
+            callback(record)
     return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
 
 

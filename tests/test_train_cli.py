@@ -1,0 +1,134 @@
+"""The training loop (resume, checkpoints) and the CLI, including every bad-input path."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from guides import MeanFieldGuide
+from models import build_model
+from pyro_sparse.cli import main
+from pyro_sparse.compress import load_compressed
+from pyro_sparse.data import load_dataset, subset
+from pyro_sparse.infer import TrainConfig, fit
+from pyro_sparse.metrics import classification_error
+
+
+def _digits_run(tmp, epochs=2, callback=None, resume=False):
+    data = subset(load_dataset("digits"), 400, 200)
+    torch.manual_seed(0)
+    model = build_model("logreg", "svd", data.input_shape, 10, mean=data.mean, std=data.std)
+    guide = MeanFieldGuide(model)
+    cfg = TrainConfig(epochs=epochs, batch_size=50, lr=1e-2, lr_schedule="linear", warmup_start=0, warmup_end=1,
+                      measure_latency=False)
+    tmp.mkdir(exist_ok=True)
+    metrics = fit(model, guide, data, cfg, tmp, resume=resume, progress=False, callback=callback)
+    return model, guide, metrics
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    m_full, g_full, met_full = _digits_run(tmp_path / "full", epochs=3)
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _digits_run(tmp_path / "cut", epochs=3, callback=stop_after_first)
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 1  # the finished epoch is kept
+    m_res, g_res, met_res = _digits_run(tmp_path / "cut", epochs=3, resume=True)
+    for a, b in zip(list(m_full.state_dict().values()) + list(g_full.state_dict().values()),
+                    list(m_res.state_dict().values()) + list(g_res.state_dict().values()), strict=True):
+        assert torch.equal(a, b)
+    assert met_full["test_error"] == met_res["test_error"]
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 3
+
+
+def _cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+def test_cli_train_evaluate_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "2",
+                 "--out", str(out), "--no-latency", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("method", "arch", "dataset", "epochs", "seed", "test_error", "layer_sparsity", "compression",
+                "n_weights", "n_nonzero", "train_seconds", "units", "flops_speedup", "memory_fraction"):
+        assert key in metrics
+    assert metrics["n_weights"] == 640 and metrics["compression"] == pytest.approx(640 / metrics["n_nonzero"])
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_error"] == pytest.approx(metrics["test_error"])
+    data = load_dataset("digits")
+    assert classification_error(load_compressed(out), data.x_test, data.y_test) == pytest.approx(metrics["test_error"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope", "--arch", "logreg", "--dataset", "digits"], "invalid choice: 'nope'"),
+        (["--method", "svd", "--arch", "resnet", "--dataset", "digits"], "invalid choice: 'resnet'"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+        (["--method", "svd", "--arch", "lenet5", "--dataset", "digits"], "lenet5 expects 28x28 images"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "0"], "--epochs must be"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr-latent", "0"], "--lr-latent must be"),
+        (["--method", "svd", "--arch", "lenet300", "--dataset", "mnist", "--data-root", "/nonexistent"],
+         "train-images-idx3-ubyte"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    code, err = _cli(["train", *args, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_cli_refuses_to_overwrite_and_resumes_nothing_corrupt(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out", str(out)],
+                     capsys)
+    assert code == 2 and "already holds files" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    # a corrupted checkpoint: resume and init-from fail cleanly
+    (out / "config.json").write_text(json.dumps({"method": "svd", "arch": "logreg", "dataset": "digits", "seed": 0,
+                                                 "epochs": 200}))
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out", str(out),
+                      "--resume"], capsys)
+    assert code == 2 and "corrupted" in err and len(err.splitlines()) == 1
+    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out",
+                      str(tmp_path / "new"), "--init-from", str(out)], capsys)
+    assert code == 2 and "corrupted" in err
+    code, err = _cli(["evaluate", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "config.json" in err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pyro_sparse.cli", "train", "--method", "svd", "--arch", "logreg",
+                        "--dataset", "digits", "--epochs", "-3", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--epochs" in r.stderr
+
+
+def test_short_real_mnist_run(mnist_root):
+    """LeNet-300-100 with SVD on a 3,000-example MNIST subset learns and prunes."""
+    data = subset(load_dataset("mnist", mnist_root), 3000, 1000)
+    model = build_model("lenet300", "svd", data.input_shape, 10, mean=data.mean, std=data.std)
+    guide = MeanFieldGuide(model)
+    # 3,000 examples make the KL of 266k weights dominate: keep β small (warm-up) for a 4-epoch run
+    cfg = TrainConfig(epochs=4, lr=1e-3, warmup_start=0, warmup_end=100, measure_latency=False)
+    metrics = fit(model, guide, data, cfg, progress=False)
+    assert metrics["test_error"] < 15.0
+    assert metrics["n_nonzero"] < metrics["n_weights"]
+    assert metrics["units"][0] <= 784
