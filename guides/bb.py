@@ -20,7 +20,7 @@ class KumaraswamyUnits(PyroModule):
         self.b_uc = nn.Parameter(torch.full((num_units,), float(b_uc_init)))
 
     def distribution(self) -> Kumaraswamy:
-        return Kumaraswamy(F.softplus(self.a_uc), F.softplus(self.b_uc))
+        return Kumaraswamy(F.softplus(self.a_uc), F.softplus(self.b_uc), validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> KumaraswamyUnits:

@@ -15,7 +15,7 @@ class NormalFamily(PyroModule):
         self.log_scale = nn.Parameter(torch.full_like(self.loc, log_scale_init))
 
     def distribution(self) -> Normal:
-        return Normal(self.loc, self.log_scale.exp())
+        return Normal(self.loc, self.log_scale.exp(), validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> NormalFamily:

@@ -23,7 +23,7 @@ class TruncatedLogNormalUnits(PyroModule):
         self.register_buffer("b", torch.as_tensor(b).detach().clone().float())
 
     def distribution(self) -> TruncatedLogNormal:
-        return TruncatedLogNormal(self.loc, self.log_scale.exp(), self.a, self.b)
+        return TruncatedLogNormal(self.loc, self.log_scale.exp(), self.a, self.b, validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> TruncatedLogNormalUnits:

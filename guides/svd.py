@@ -21,7 +21,9 @@ class GaussianWeights(PyroModule):
         self.log_sigma2 = nn.Parameter(torch.full_like(self.loc, log_sigma2_init))
 
     def distribution(self) -> Normal:
-        return Normal(self.loc, torch.exp(0.5 * self.log_sigma2))
+        q = Normal(self.loc, torch.exp(0.5 * self.log_sigma2), validate_args=False)
+        q.log_variance = self.log_sigma2  # lets the KL and the LRT skip a log/exp round trip (same values)
+        return q
 
     @classmethod
     def from_site(cls, prior, init: torch.Tensor | None, shape: torch.Size) -> GaussianWeights:

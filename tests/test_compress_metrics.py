@@ -66,7 +66,7 @@ def _reference_forward(model, guide, x, weight_threshold=3.0):
     from guides import latent_sites
 
     names = {id(m): n for n, m, _, _ in latent_sites(model)}
-    for name, m in model.net.named_children():
+    for m in model.net.children():
         if isinstance(m, (SVDLinear, SVDConv2d)):
             w, _ = m.weight_mask(guide.posterior(names[id(m)]), weight_threshold)
             x = F.linear(x, w, m.bias) if isinstance(m, SVDLinear) else F.conv2d(x, w, m.bias)

@@ -22,12 +22,15 @@ EULER_GAMMA = 0.5772156649015329
 KUMARASWAMY_SERIES_TERMS = 64
 
 
-def log_alpha(loc: torch.Tensor, scale: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def log_alpha(loc: torch.Tensor, scale: torch.Tensor, eps: float = 1e-8,
+              log_variance: torch.Tensor | None = None) -> torch.Tensor:
     """Dropout rate ``log α = log σ² − log θ²`` of a Gaussian weight posterior N(θ, σ²) (Molchanov 2017, Sec. 4.1).
 
-    ``eps`` keeps θ = 0 finite. Shape: broadcast of ``loc`` and ``scale``.
+    ``eps`` keeps θ = 0 finite; ``log_variance`` (log σ², if known) saves recomputing it from ``scale``.
+    Shape: broadcast of ``loc`` and ``scale``.
     """
-    return 2 * torch.log(scale) - torch.log(loc * loc + eps)
+    log_var = 2 * torch.log(scale) if log_variance is None else log_variance
+    return log_var - torch.log(loc * loc + eps)
 
 
 def kl_normal_log_uniform_from_log_alpha(la: torch.Tensor) -> torch.Tensor:
@@ -40,7 +43,7 @@ def kl_normal_log_uniform_from_log_alpha(la: torch.Tensor) -> torch.Tensor:
 
 @register_kl(Normal, LogUniform)
 def _kl_normal_log_uniform(q: Normal, p: LogUniform) -> torch.Tensor:
-    kl = kl_normal_log_uniform_from_log_alpha(log_alpha(q.loc, q.scale))
+    kl = kl_normal_log_uniform_from_log_alpha(log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)))
     return kl.expand(torch.broadcast_shapes(kl.shape, p.batch_shape))
 
 

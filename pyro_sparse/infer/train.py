@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..compress import compress, save_compressed
 from ..data import Dataset
-from ..metrics import latency_report, summarize, classification_error
+from ..metrics import classification_error, latency_report, summarize
 from .elbo import SparseELBO
 
 CHECKPOINT = "checkpoint.pt"

@@ -64,6 +64,11 @@ def local_reparameterization(fn=None):
     return msngr(fn) if fn is not None else msngr
 
 
+def _variance(q: Normal) -> torch.Tensor:
+    log_var = getattr(q, "log_variance", None)
+    return q.scale * q.scale if log_var is None else log_var.exp()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` with the local reparameterisation trick for a tagged Gaussian ``weight`` ``[out, in]``.
 
@@ -73,7 +78,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not isinstance(q, Normal):
         return F.linear(x, weight, bias)
     mean = F.linear(x, q.loc, bias)
-    var = F.linear(x * x, q.scale * q.scale)
+    var = F.linear(x * x, _variance(q))
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
@@ -83,7 +88,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not isinstance(q, Normal):
         return F.conv2d(x, weight, bias, **kwargs)
     mean = F.conv2d(x, q.loc, bias, **kwargs)
-    var = F.conv2d(x * x, q.scale * q.scale, None, **kwargs)
+    var = F.conv2d(x * x, _variance(q), None, **kwargs)
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
