@@ -18,7 +18,8 @@ METHOD_DEFAULTS = {
     "bb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
     "dbb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
 }
-DEFAULT_EPOCHS = {"digits": 200, "noise-digits": 200, "mnist": 200, "fashion-mnist": 200}
+DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200}
+DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", required=True, choices=ARCHS)
     t.add_argument("--dataset", required=True, choices=DATASETS)
     t.add_argument("--data-root", default=None, help="folder holding MNIST/ and FashionMNIST/ (torchvision layout)")
-    t.add_argument("--epochs", type=int, default=None, help="default: 200")
+    t.add_argument("--epochs", type=int, default=None, help="default: 100 for digits, 200 for MNIST")
     t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the model's weights")
+    t.add_argument("--lr", type=float, default=None, help="Adam lr of the weights (1e-2 digits, 1e-3 MNIST)")
     t.add_argument("--lr-latent", type=float, default=None, help="Adam lr of the guide's parameters")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--lr-schedule", choices=("constant", "linear", "step"), default=None)
@@ -79,7 +80,7 @@ def _train_config(a, epochs: int):
     else:
         warmup = (0, 0)
     return TrainConfig(
-        epochs=epochs, batch_size=a.batch_size, lr=a.lr, lr_latent=a.lr_latent or d.get("lr_latent"),
+        epochs=epochs, batch_size=a.batch_size, lr=a.lr or DEFAULT_LR[a.dataset], lr_latent=a.lr_latent or d.get("lr_latent"),
         weight_decay=a.weight_decay if a.weight_decay is not None else d.get("weight_decay", 0.0),
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,

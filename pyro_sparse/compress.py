@@ -111,10 +111,10 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
                         "in_mult": in_mult, "in_shape": shape, "conv": _is_conv(m)})
             mask = mult = None
         else:
-            if isinstance(m, nn.Flatten) and mask is not None:  # channel mask → per-feature mask
-                spatial = int(torch.Size(shape[1:]).numel())
+            spatial = int(torch.Size(shape[1:]).numel()) if isinstance(m, nn.Flatten) else 1
+            if spatial > 1 and mask is not None:  # channel mask → per-feature mask
                 mask, mult = mask.repeat_interleave(spatial), mult.repeat_interleave(spatial)
-            ops.append({"kind": "other", "name": name, "module": m})
+            ops.append({"kind": "other", "name": name, "module": m, "spatial": spatial})
         shape = _out_shape(m, shape)
     weights = [op for op in ops if op["kind"] == "weight"]
     # ---- pass 2: output rows kept by each weight layer = what the next one consumes ------------------------
@@ -149,6 +149,9 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
             layer, entry = _copy_structural(op["name"], m)
             layers.append(layer)
             spec.append(entry)
+            if op["spatial"] > 1 and carried is not None:  # channels → flattened features
+                sp = op["spatial"]
+                carried = (carried.view(-1, 1) * sp + torch.arange(sp).view(1, -1)).flatten()
             continue
         w, b, in_mult = op["w"], op["b"], op["in_mult"]
         n_in = w.shape[1]
@@ -174,9 +177,7 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
             layer.bias.copy_(b)
         layers.append(layer)
         spec.append(entry)
-        nxt = next((o for o in ops[ops.index(op) + 1:] if o["kind"] == "weight"), None)
-        spatial = 1 if nxt is None else nxt["w"].shape[1] // op["w"].shape[0]
-        carried = (out_idx.view(-1, 1) * spatial + torch.arange(spatial).view(1, -1)).flatten()
+        carried = out_idx
     compact = nn.Sequential(*layers)
     compact.spec = spec
     compact.units = units

@@ -23,7 +23,10 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 def _log1mexp(t: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(t)) for t <= 0, accurate over the whole range."""
     t = t.clamp(max=-1e-300)
-    return torch.where(t > -math.log(2.0), torch.log(-torch.expm1(t)), torch.log1p(-torch.exp(t)))
+    near = t > -math.log(2.0)
+    # each branch sees only inputs it is valid for, so the branch not taken cannot leak inf/NaN gradients
+    t_near, t_far = torch.where(near, t, -1.0), torch.where(near, -1.0, t)
+    return torch.where(near, torch.log(-torch.expm1(t_near)), torch.log1p(-torch.exp(t_far)))
 
 
 def _g(t: torch.Tensor) -> torch.Tensor:
@@ -39,10 +42,16 @@ def _log_ndtr_diff_parts(x: torch.Tensor, y: torch.Tensor):
     moderate size in every case, so the huge quadratic parts can be cancelled analytically by the caller.
     """
     lower, upper = y <= 0, x >= 0
-    d = (x - y) * (x + y) / 2  # (x² − y²)/2 without cancellation
-    rest_low = _g(y) + _log1mexp(_g(x) - _g(y) - d)
-    rest_up = _g(-x) + _log1mexp(_g(-y) - _g(-x) + d)
-    rest_mid = torch.log1p(-(torch.special.ndtr(x) + torch.special.ndtr(-y)).clamp(max=1.0))
+    mid = ~(lower | upper)
+    # safe stand-ins outside each branch's domain (the "double where" that keeps gradients finite)
+    xl, yl = torch.where(lower, x, -2.0), torch.where(lower, y, -1.0)
+    xu, yu = torch.where(upper, x, 1.0), torch.where(upper, y, 2.0)
+    xm, ym = torch.where(mid, x, -1.0), torch.where(mid, y, 1.0)
+    dl = (xl - yl) * (xl + yl) / 2  # (x² − y²)/2 without cancellation
+    du = (xu - yu) * (xu + yu) / 2
+    rest_low = _g(yl) + _log1mexp(_g(xl) - _g(yl) - dl)
+    rest_up = _g(-xu) + _log1mexp(_g(-yu) - _g(-xu) + du)
+    rest_mid = torch.log1p(-(torch.special.ndtr(xm) + torch.special.ndtr(-ym)))
     region = torch.where(lower, -1, torch.where(upper, 1, 0))
     quad = torch.where(lower, -0.5 * y * y, torch.where(upper, -0.5 * x * x, torch.zeros_like(x)))
     rest = torch.where(lower, rest_low, torch.where(upper, rest_up, rest_mid))
@@ -161,11 +170,14 @@ class TruncatedLogNormal(TorchDistribution):
         lo = torch.where(flip, -beta, alpha)
         hi = torch.where(flip, -alpha, beta)
         u = torch.rand(shape, dtype=loc.dtype, device=loc.device).clamp(1e-12, 1 - 1e-12)
-        l_lo, l_hi = torch.special.log_ndtr(lo), torch.special.log_ndtr(hi)
-        log_p = torch.logaddexp(l_lo + torch.log1p(-u), l_hi + torch.log(u))
-        x = torch.special.ndtri(log_p.clamp(min=-700.0).exp())
-        # beyond ~30 sd the truncated normal is an exponential off the near bound (error O(1/hi²))
-        x = torch.where(hi < -30, hi + torch.log(u) / (-hi).clamp(min=30), x)
+        far = hi < -30
+        # Φ(lo) is negligible next to Φ(hi) >= Φ(-30) once lo < -1e4; the clamp also keeps log_ndtr's gradient finite
+        lo_n, hi_n = torch.where(far, -2.0, lo).clamp(min=-1e4), torch.where(far, -1.0, hi)
+        l_lo, l_hi = torch.special.log_ndtr(lo_n), torch.special.log_ndtr(hi_n)
+        log_p = torch.logaddexp(l_lo + torch.log1p(-u), l_hi + torch.log(u))  # >= log Φ(-30) − 28
+        x = torch.special.ndtri(log_p.exp())
+        # beyond 30 sd the truncated normal is an exponential off the near bound (error O(1/hi²))
+        x = torch.where(far, hi + torch.log(u) / torch.where(far, -hi, 30.0), x)
         x = torch.minimum(torch.maximum(x, lo), hi)
         x = torch.where(flip, -x, x)
         log_theta = torch.minimum(torch.maximum(loc + scale * x, self.a.double()), self.b.double())
@@ -227,11 +239,12 @@ class TruncatedLogNormal(TorchDistribution):
         flip = alpha > 0
         lo = torch.where(flip, -beta, alpha)
         hi = torch.where(flip, -alpha, beta)
-        log_z = log_ndtr_diff(lo, hi)
-        t_lo = lo * torch.exp(_std_normal_log_pdf(lo) - log_z)
-        t_hi = hi * torch.exp(_std_normal_log_pdf(hi) - log_z)
-        h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)
         far = hi < -1e3
-        h_far = 1.0 - torch.log(-hi.clamp(max=-1e3))
+        lo_n, hi_n = torch.where(far, -2.0, lo), torch.where(far, -1.0, hi)
+        log_z = log_ndtr_diff(lo_n, hi_n)
+        t_lo = lo_n * torch.exp(_std_normal_log_pdf(lo_n) - log_z)
+        t_hi = hi_n * torch.exp(_std_normal_log_pdf(hi_n) - log_z)
+        h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)
+        h_far = 1.0 - torch.log(torch.where(far, -hi, 1e3))
         h_std = torch.where(far, h_far, h_std)
         return (scale.log() + h_std).to(self.loc.dtype)
