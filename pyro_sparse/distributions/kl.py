@@ -19,7 +19,7 @@ from .truncated import TruncatedLogNormal, TruncatedLogUniform
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 EULER_GAMMA = 0.5772156649015329
 #: terms of the Kumaraswamy–Beta series summed exactly before the integral tail correction
-KUMARASWAMY_SERIES_TERMS = 64
+KUMARASWAMY_SERIES_TERMS = 512
 
 
 def log_alpha(loc: torch.Tensor, scale: torch.Tensor, eps: float = 1e-8,

@@ -1,0 +1,79 @@
+"""Beta-Bernoulli dropout: KL(Kumaraswamy ‖ Beta), E[π], and the relaxed Bernoulli gates."""
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import integrate
+from torch.distributions import kl_divergence
+
+from pyro_sparse.distributions import kumaraswamy_expected_log1m
+from pyro_sparse.nn import BBGate
+
+GRID = [(0.3, 1.0, 1e-4, 1.0), (1.0, 1.0, 0.5, 1.0), (2.0, 3.0, 1.0, 1.0), (0.5, 0.7, 2.0, 3.0),
+        (1.5, 2.0, 0.3, 0.5), (3.0, 0.5, 1e-2, 2.0), (0.8, 5.0, 1.5, 1.5)]
+
+
+@pytest.mark.parametrize("a, b, alpha, beta", GRID)
+def test_kl_kumaraswamy_beta_matches_monte_carlo(a, b, alpha, beta):
+    torch.manual_seed(0)
+    q = dist.Kumaraswamy(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    p = dist.Beta(torch.tensor(alpha, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64))
+    x = q.rsample((1_000_000,)).clamp(1e-300, 1 - 1e-16)
+    diff = q.log_prob(x) - p.log_prob(x)
+    se = (diff.std() / math.sqrt(diff.numel())).item()
+    assert abs(kl_divergence(q, p).item() - diff.mean().item()) < 5 * se + 1e-3
+
+
+@pytest.mark.parametrize("a, b", [(0.1, 0.1), (0.3, 1.0), (1.0, 1.0), (2.0, 0.5), (5.0, 8.0), (20.0, 0.05)])
+def test_series_for_beta_not_one_is_accurate_to_1e_3(a, b):
+    """E_q[log(1 − π)] by the truncated series + tail vs quadrature over the inverse CDF π = (1 − u^{1/b})^{1/a}."""
+
+    def integrand(u):
+        log_pi = math.log1p(-math.exp(math.log(u) / b)) / a if u > 0 else -math.inf
+        return math.log(-math.expm1(log_pi)) if log_pi < 0 else -745.0
+
+    exact = integrate.quad(integrand, 0.0, 1.0, points=[0.5, 0.9, 0.99], limit=500, epsabs=1e-10)[0]
+    ours = kumaraswamy_expected_log1m(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    assert ours.item() == pytest.approx(exact, abs=1e-3)
+
+
+def test_kl_exact_for_beta_one():
+    q = dist.Kumaraswamy(torch.tensor([0.37, 2.0]), torch.tensor([1.0, 0.8]))
+    p = dist.Beta(torch.tensor(1e-4), torch.tensor(1.0))
+    a, b, alpha = q.concentration1, q.concentration0, 1e-4
+    euler = 0.5772156649015329
+    expected = (1 - alpha / a) * (-euler - torch.digamma(b) - 1 / b) + torch.log(a * b) - math.log(alpha) - (b - 1) / b
+    assert torch.allclose(kl_divergence(q, p), expected)
+    assert kl_divergence(q.to_event(1), p.expand([2]).to_event(1)).shape == ()
+
+
+@pytest.mark.parametrize("a, b", [(0.37, 1.0), (2.0, 3.0), (0.5, 0.5)])
+def test_expected_pi_matches_monte_carlo(a, b):
+    torch.manual_seed(0)
+    q = dist.Kumaraswamy(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    s = q.rsample((1_000_000,))
+    closed = b * math.exp(math.lgamma(1 + 1 / a) + math.lgamma(b) - math.lgamma(1 + 1 / a + b))
+    assert q.mean.item() == pytest.approx(closed, rel=1e-6)
+    assert q.mean.item() == pytest.approx(s.mean().item(), abs=5 * s.std().item() / 1000 + 1e-4)
+
+
+def test_gates_behave_as_plain_dropout_at_the_extremes():
+    torch.manual_seed(0)
+    gate = BBGate(3, temperature=0.05)
+    pi = torch.tensor([1 - 1e-6, 1e-6, 0.3]).expand(20_000, 3)
+    z = gate.gate(pi)
+    assert (z[:, 0] > 0.99).float().mean() > 0.99  # always kept
+    assert (z[:, 1] < 0.01).float().mean() > 0.99  # always dropped
+    # in between: near-binary masks kept with probability π, as Bernoulli dropout with keep rate 0.3
+    assert ((z[:, 2] < 0.05) | (z[:, 2] > 0.95)).float().mean() > 0.9
+    assert z[:, 2].mean().item() == pytest.approx(0.3, abs=0.02)
+
+
+def test_bb_keep_rule():
+    gate = BBGate(2)
+    q = dist.Kumaraswamy(torch.tensor([1.0, 0.05]), torch.tensor([1.0, 50.0]))
+    keep, mult = gate.keep(q)
+    assert keep.tolist() == [True, False]
+    assert torch.allclose(mult, q.mean)
