@@ -20,14 +20,14 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_sparse.nn import BBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear
+from pyro_sparse.nn import BBGate, DBBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear
 
 ARCHS = ("logreg", "lenet300", "lenet500", "lenet5")
 METHODS = ("dense", "svd", "sbp", "bb", "dbb")
 _MLP_HIDDEN = {"logreg": [], "lenet300": [300, 100], "lenet500": [500, 300]}
 
-#: unit-module constructors per method; DBB registers its gate in ``pyro_sparse.nn`` (see ``register_unit``)
-UNIT_MODULES: dict[str, Callable[..., nn.Module]] = {"sbp": SBPNoise, "bb": BBGate}
+#: unit-module constructors per method (extend with :func:`register_unit`)
+UNIT_MODULES: dict[str, Callable[..., nn.Module]] = {"sbp": SBPNoise, "bb": BBGate, "dbb": DBBGate}
 
 
 def register_unit(method: str, factory: Callable[..., nn.Module]) -> None:
@@ -55,8 +55,6 @@ def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method in ("sbp", "bb", "dbb") and method not in UNIT_MODULES:
-        import pyro_sparse.nn.dbb  # noqa: F401  (registers the DBB gate)
     unit = UNIT_MODULES.get(method)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
 

@@ -146,15 +146,25 @@ def cmd_train(a) -> int:
                             data.mean, data.std, **unit_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
+    init_guide = {}
     if a.init_from:
         try:
-            state = load_checkpoint(a.init_from)["model"]
-            used = load_pretrained(model, state)
+            ckpt = load_checkpoint(a.init_from)
+            used = load_pretrained(model, ckpt["model"])
         except (CheckpointError, ValueError) as e:
             _fail(f"--init-from: {e}")
         if not used:
             _fail(f"--init-from: nothing in {a.init_from} matches arch {a.arch}")
+        init_guide = ckpt["guide"]
     guide = MeanFieldGuide(model)
+    if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
+        own = guide.state_dict()
+        shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
+        guide.load_state_dict(shared, strict=False)
+        if a.method == "dbb":
+            for name, p in guide.named_parameters():
+                if name in shared:
+                    p.requires_grad_(False)
     cfg = _train_config(a, epochs)
     try:
         cfg.validate()

@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .nn import Select, Standardize, UnitModule
+from .nn import DynamicGate, Select, Standardize, UnitModule
+from .nn.dbb import dynamic_gate_from
 from .nn.svd import _SVDMixin
 
 COMPACT_SPEC = "compact.json"
@@ -53,10 +54,11 @@ def _out_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _site_names(model: nn.Module, guide) -> dict[int, str]:
+def _site_names(model: nn.Module) -> dict[tuple[int, str], str]:
+    """``(id(module), attribute) → site name`` for every latent site of ``model``."""
     from guides import latent_sites
 
-    return {id(module): name for name, module, _, _ in latent_sites(model)}
+    return {(id(module), attr): name for name, module, attr, _ in latent_sites(model)}
 
 
 @torch.no_grad()
@@ -72,7 +74,7 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
     :raises ValueError: a latent layer but no guide.
     """
     net = model.net
-    sites = _site_names(model, guide) if guide is not None else {}
+    sites = _site_names(model) if guide is not None else {}
     shape = tuple(model.input_shape)
     # ---- pass 1: effective weights and input keep masks / multipliers per weight layer ----------------------
     ops: list[dict] = []
@@ -80,21 +82,29 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
     for name, m in net.named_children():
         if isinstance(m, UnitModule):
             k = m.num_units
+            dynamic = getattr(m, "dynamic", False) and not keep_all
             if keep_all:
                 keep, factor = torch.ones(k, dtype=torch.bool), torch.ones(k)
             else:
                 if guide is None:
                     raise ValueError(f"layer {name!r} has latent units; compress needs the guide")
-                keep, factor = m.keep(guide.posterior(sites[id(m)]), unit_threshold)
+                keep, factor = m.keep(guide.posterior(sites[id(m), m.latent_site]), unit_threshold)
             keep, factor = keep.cpu(), factor.float().cpu()
+            if dynamic:  # input-dependent gate: kept in the compact network, E[π] applied there, not folded
+                factor = torch.ones(k)
             mask = keep if mask is None else mask & keep
             mult = factor if mult is None else mult * factor
-            ops.append({"kind": "unit", "name": name})
+            op = {"kind": "unit", "name": name, "dynamic": dynamic, "module": m}
+            if dynamic:
+                op["q_pi"] = guide.posterior(sites[id(m), "pi"])
+                op["q_beta"] = guide.posterior(sites[id(m), "beta"])
+                op["threshold"] = m.default_threshold if unit_threshold is None else unit_threshold
+            ops.append(op)
         elif _is_weight_layer(m):
             if isinstance(m, _SVDMixin):
                 if guide is None:
                     raise ValueError(f"layer {name!r} has latent weights; compress needs the guide")
-                q = guide.posterior(sites[id(m)])
+                q = guide.posterior(sites[id(m), "weight"])
                 w, _ = m.weight_mask(q, float("inf") if keep_all else weight_threshold)
             else:
                 w = m.weight.detach()
@@ -141,10 +151,22 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
     spec: list[dict] = []
     units: list[int] = []
     carried = None  # full indices of the features (dim 1) the compact tensor carries; None = all
+    pending = None  # a dynamic gate waiting to be placed
+
+    def emit_gate(index):
+        gate = dynamic_gate_from(pending["module"], pending["q_pi"], pending["q_beta"], index, pending["threshold"])
+        layers.append(gate)
+        spec.append({"type": "dbb_gate", "n": int(index.numel()), "eps": gate.eps, "threshold": gate.threshold})
+
     for op in ops:
         if op["kind"] == "unit":
+            if op["dynamic"]:
+                pending = op
             continue
         m = op["module"]
+        if op["kind"] == "other" and pending is not None:  # conv placement: gate right after the conv
+            emit_gate(carried if carried is not None else torch.arange(pending["module"].num_units))
+            pending = None
         if op["kind"] == "other":
             layer, entry = _copy_structural(op["name"], m)
             layers.append(layer)
@@ -162,6 +184,9 @@ def compress(model: nn.Module, guide=None, weight_threshold: float = 3.0, unit_t
             pos = torch.searchsorted(have, in_idx)
             layers.append(Select(pos))
             spec.append({"type": "select", "n": int(pos.numel())})
+        if pending is not None:  # dense placement: gate on this layer's kept inputs
+            emit_gate(in_idx)
+            pending = None
         w = w[out_idx][:, in_idx]
         b = b[out_idx] if b is not None else None
         if op["conv"]:
@@ -212,6 +237,8 @@ def _make_layer(entry: dict) -> nn.Module:
         return nn.Flatten()
     if t == "select":
         return Select(torch.zeros(entry["n"], dtype=torch.long))
+    if t == "dbb_gate":
+        return DynamicGate(entry["n"], entry["eps"], entry["threshold"])
     if t == "linear":
         return nn.Linear(entry["in"], entry["out"], bias=entry["bias"])
     if t == "conv2d":

@@ -4,7 +4,8 @@
 * **compression**: (#weights of the full network) / (#non-zero weights of the compact one), biases excluded
   (Molchanov et al. 2017 convention); ``layer_sparsity``: fraction (0–1) of each full layer's weights that are zero
   or removed.
-* **units**: units left at each unit position (inputs of dense layers, output channels of conv layers).
+* **units**: units left at each unit position (inputs of dense layers, output channels of conv layers); for DBB the
+  test-set average of the per-example active units (the DBB paper's convention), and FLOPs counted with them.
 * **FLOPs** (beta-Bernoulli code convention, dense counting on the compact layers): dense ``(2·in − 1)·out`` + ``out``
   (bias); conv ``C_out·H'·W'·(2·k²·C_in − 1)`` + ``C_out·H'·W'`` (bias); ReLU one per element; max-pool ``k²`` per
   output. ``flops_speedup = FLOPs(full) / FLOPs(compact)``.
@@ -45,24 +46,71 @@ def _walk(net: nn.Sequential, input_shape: tuple[int, ...]):
             x = y
 
 
-def count_flops(net: nn.Sequential, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one forward pass of one example (convention in the module docstring)."""
-    total = 0
-    for layer, _, shp_out in _walk(net, input_shape):
+def _gate_fraction_after(layers: list[nn.Module], i: int, fractions: dict[int, float]) -> float:
+    """Active fraction of the outputs of weight layer ``i``: that of the first dynamic gate before the next weight
+    layer (1 when there is none)."""
+    for layer in layers[i + 1:]:
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            return 1.0
+        if id(layer) in fractions:
+            return fractions[id(layer)]
+    return 1.0
+
+
+def count_flops(net: nn.Sequential, input_shape: tuple[int, ...], gate_fractions: dict[int, float] | None = None,
+                per_layer: bool = False):
+    """FLOPs of one forward pass of one example (convention in the module docstring).
+
+    :param gate_fractions: ``id(DynamicGate) → average fraction of its units active`` (DBB): layer widths are then
+        the test-set average active units, as the DBB paper counts.
+    :param per_layer: also return the effective unit counts at each unit position (inputs of dense layers, output
+        channels of conv layers).
+    """
+    fractions = gate_fractions or {}
+    layers = list(net)
+    total, units = 0.0, []
+    frac = 1.0  # active fraction of the features flowing at this point
+    for i, (layer, _, shp_out) in enumerate(_walk(net, input_shape)):
         out = int(torch.Size(shp_out).numel())
-        if isinstance(layer, nn.Linear):
-            total += (2 * layer.in_features - 1) * layer.out_features + (
-                layer.out_features if layer.bias is not None else 0
-            )
+        if id(layer) in fractions:
+            frac = fractions[id(layer)]
+        elif isinstance(layer, nn.Linear):
+            f_out = _gate_fraction_after(layers, i, fractions)
+            n_in, n_out = layer.in_features * frac, layer.out_features * f_out
+            total += (2 * n_in - 1) * n_out + (n_out if layer.bias is not None else 0)
+            units.append(n_in)
+            frac = f_out
         elif isinstance(layer, nn.Conv2d):
+            f_out = _gate_fraction_after(layers, i, fractions)
             k2 = layer.kernel_size[0] * layer.kernel_size[1]
-            total += out * (2 * k2 * layer.in_channels - 1) + (out if layer.bias is not None else 0)
+            n_out = out * f_out
+            total += n_out * (2 * k2 * layer.in_channels * frac - 1) + (n_out if layer.bias is not None else 0)
+            units.append(layer.out_channels * f_out)
+            frac = f_out
         elif isinstance(layer, nn.ReLU):
-            total += out
+            total += out * frac
         elif isinstance(layer, nn.MaxPool2d):
             k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
-            total += k * k * out
-    return total
+            total += k * k * out * frac
+    total = int(round(total))
+    return (total, units) if per_layer else total
+
+
+@torch.inference_mode()
+def gate_fractions(net: nn.Sequential, x: torch.Tensor, batch_size: int = 1000) -> dict[int, float]:
+    """Average fraction of active units of every dynamic gate of ``net`` over the examples ``x``."""
+    from .nn import DynamicGate
+
+    gates = [m for m in net if isinstance(m, DynamicGate)]
+    if not gates:
+        return {}
+    sums = {id(g): 0.0 for g in gates}
+    device = next((p.device for p in net.buffers()), torch.device("cpu"))
+    for i in range(0, x.shape[0], batch_size):
+        net(x[i:i + batch_size].to(device))
+        for g in gates:
+            sums[id(g)] += float(g.last_active.sum())
+    return {id(g): sums[id(g)] / (x.shape[0] * g.num_units) for g in gates}
 
 
 def memory_count(net: nn.Sequential, input_shape: tuple[int, ...]) -> int:
@@ -88,9 +136,11 @@ def summarize(
     n_weights = sum(m.weight.numel() for m in full_layers)
     nnz = [int(m.weight.ne(0).sum()) for m in comp_layers]
     n_nonzero = sum(nnz)
-    flops, flops_full = count_flops(compact, shape), count_flops(full, shape)
+    fractions = gate_fractions(compact, x_test) if x_test is not None else {}
+    flops, units = count_flops(compact, shape, fractions, per_layer=True)
+    flops_full = count_flops(full, shape)
     out = {
-        "units": list(compact.units),
+        "units": list(compact.units) if not fractions else [round(u, 2) for u in units],
         "units_full": list(full.units),
         "n_weights": n_weights,
         "n_nonzero": n_nonzero,

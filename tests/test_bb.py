@@ -77,3 +77,60 @@ def test_bb_keep_rule():
     keep, mult = gate.keep(q)
     assert keep.tolist() == [True, False]
     assert torch.allclose(mult, q.mean)
+
+
+def test_dbb_compact_equals_gated_evaluation():
+    from guides import MeanFieldGuide, latent_sites
+    from models import build_model
+    from pyro_sparse.compress import compress
+    from pyro_sparse.nn import DBBGate
+    from pyro_sparse.nn.dbb import _summary
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", "dbb", (1, 28, 28), 10, mean=0.12, std=0.3)
+    guide = MeanFieldGuide(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DBBGate):
+                m.gamma.copy_(torch.randn(m.num_units))
+                m.running_mean.copy_(torch.rand(m.num_units))
+                m.running_std.copy_(torch.rand(m.num_units) + 0.5)
+        for fam in guide.sites.values():
+            for name, p in fam.named_parameters():
+                if name == "a_uc":
+                    p.copy_(torch.randn_like(p) * 3)
+                elif name == "b_uc":
+                    p.copy_(torch.randn_like(p) * 3 + 2)
+                elif name == "loc":
+                    p.copy_(torch.randn_like(p) * 0.5)
+    names = {(id(m), attr): n for n, m, attr, _ in latent_sites(model)}
+    model.eval()
+    x = torch.rand(9, 1, 28, 28)
+    h = x
+    with torch.no_grad():
+        for m in model.net.children():
+            if isinstance(m, DBBGate):
+                e_pi = guide.posterior(names[id(m), "pi"]).mean
+                e_beta = guide.posterior(names[id(m), "beta"]).mean
+                g = e_pi * m.factor(_summary(h), e_beta)
+                g = torch.where((g >= 1e-3) & (e_pi >= 1e-3), g, torch.zeros_like(g))
+                h = h * g.view(*g.shape, *([1] * (h.dim() - 2)))
+            else:
+                h = m(h)
+        compact = compress(model, guide)
+        assert sum(compact.units) < sum(compress(model, guide, keep_all=True).units)
+        assert torch.allclose(compact(x), h, atol=1e-4, rtol=1e-4)
+
+
+def test_dbb_two_stage_freezes_the_bb_guide(tmp_path):
+    from pyro_sparse.cli import main
+    from pyro_sparse.infer import load_checkpoint
+
+    bb, dbb = tmp_path / "bb", tmp_path / "dbb"
+    common = ["--arch", "logreg", "--dataset", "digits", "--epochs", "2", "--quiet", "--no-latency"]
+    assert main(["train", "--method", "bb", "--out", str(bb), *common]) == 0
+    assert main(["train", "--method", "dbb", "--init-from", str(bb), "--out", str(dbb), *common]) == 0
+    g_bb, g_dbb = load_checkpoint(bb)["guide"], load_checkpoint(dbb)["guide"]
+    pi_keys = [k for k in g_bb if "__pi" in k]
+    assert pi_keys and all(torch.equal(g_bb[k], g_dbb[k]) for k in pi_keys)
+    assert any("__beta" in k for k in g_dbb)

@@ -125,10 +125,14 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
 
 
 def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with the two parameter groups ``weights`` (model) and ``latent`` (guide)."""
+    """Adam with the two parameter groups ``weights`` (model point estimates, with weight decay) and ``latent``
+    (guide parameters); parameters with ``requires_grad=False`` are left out."""
+    def trainable(module):
+        return [p for p in module.parameters() if p.requires_grad]  # frozen parameters (DBB's BB guide) stay put
+
     groups = [
-        {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
-        {"params": list(guide.parameters()), "lr": cfg.lr_latent or cfg.lr, "weight_decay": 0.0, "name": "latent"},
+        {"params": trainable(model), "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
+        {"params": trainable(guide), "lr": cfg.lr_latent or cfg.lr, "weight_decay": 0.0, "name": "latent"},
     ]
     return torch.optim.Adam([g for g in groups if g["params"]])
 

@@ -1,0 +1,108 @@
+"""Dependent beta-Bernoulli dropout (DBB, Lee et al. 2018, Sec. 3.3, Eq. 20–24).
+
+The keep probability of unit k depends on the input: ``π_k(x) = π_k · clamp(γ_k (h_k − μ_k)/s_k + β_k, ε, 1 − ε)``,
+with ``h`` the unit's value (global-average-pooled for conv channels), ``μ, s`` running statistics of ``h``, ``γ`` a
+point estimate and ``β ~ N(0, ρ²)`` a latent with a Gaussian guide (ρ² = 5). ``π ~ Beta(α/K, 1)`` as in BB; in the
+two-stage protocol its guide comes frozen from a BB run (``--method dbb --init-from BB_RUN``).
+
+At test time (Eq. 24) the gate is ``E[π_k] · clamp(γ_k (h_k − μ_k)/s_k + E[β_k], ε, 1 − ε)``, zeroed where it falls
+below the pruning threshold, so the active units differ per example (:class:`DynamicGate`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import Normal
+from pyro.nn import PyroSample
+from torch import nn
+
+from ..poutine import local_sample
+from .units import BBGate, _broadcast_units
+
+
+def _summary(x: torch.Tensor) -> torch.Tensor:
+    """``[B, K, *spatial] → [B, K]`` (global average pooling for conv feature maps)."""
+    return x if x.dim() == 2 else x.flatten(2).mean(-1)
+
+
+class DBBGate(BBGate):
+    """Input-dependent beta-Bernoulli gate on ``num_units`` units (dim 1 of the input).
+
+    :param rho2: prior variance of β (default 5).
+    :param eps: clamp tolerance ε of the input-dependent factor.
+    :param momentum: update rate of the running mean / std of ``h`` (training only).
+    """
+
+    dynamic = True
+
+    def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1, rho2: float = 5.0,
+                 eps: float = 1e-6, momentum: float = 0.1):
+        super().__init__(num_units, alpha_over_k, temperature)
+        self.eps, self.momentum = eps, momentum
+        self.gamma = nn.Parameter(torch.ones(num_units))
+        self.register_buffer("rho", torch.tensor(math.sqrt(rho2)))
+        self.register_buffer("running_mean", torch.zeros(num_units))
+        self.register_buffer("running_std", torch.ones(num_units))
+        self.register_buffer("num_batches", torch.tensor(0))
+        self.register_buffer("beta_init", torch.ones(num_units), persistent=False)  # gates open at the start
+        self.beta = PyroSample(
+            lambda self: Normal(torch.zeros_like(self.running_mean), self.rho.expand(self.num_units)).to_event(1)
+        )
+
+    def factor(self, h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """``clamp(γ (h − μ)/s + β, ε, 1 − ε)``, shape ``[B, K]``."""
+        z = self.gamma * (h - self.running_mean) / self.running_std + beta
+        return z.clamp(self.eps, 1 - self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        h = _summary(x)
+        if self.training:
+            with torch.no_grad():
+                m, s = h.mean(0), h.std(0).clamp_min(1e-5) if h.shape[0] > 1 else torch.ones_like(h[0])
+                if int(self.num_batches) == 0:
+                    self.running_mean.copy_(m)
+                    self.running_std.copy_(s)
+                else:
+                    self.running_mean.lerp_(m, self.momentum)
+                    self.running_std.lerp_(s, self.momentum)
+                self.num_batches += 1
+        pi = local_sample(self.pi, x.shape[0])
+        beta = local_sample(self.beta, x.shape[0])
+        return x * _broadcast_units(self.gate(pi * self.factor(h, beta)), x)
+
+
+class DynamicGate(nn.Module):
+    """Test-time DBB gate of a compact network: ``x · g(h)``, ``g = scale · clamp(γ (h − μ)/s + β, ε, 1 − ε)``
+    with ``g`` zeroed below ``threshold``. ``last_active`` holds the per-example count of active units of the last
+    call (``[B]``), used to report active units and FLOPs as test-set averages."""
+
+    def __init__(self, num_units: int, eps: float = 1e-6, threshold: float = 1e-3):
+        super().__init__()
+        self.num_units, self.eps, self.threshold = num_units, eps, threshold
+        for name in ("scale", "gamma", "mean", "std", "beta"):
+            self.register_buffer(name, torch.zeros(num_units))
+        self.last_active: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _summary(x)
+        g = self.scale * (self.gamma * (h - self.mean) / self.std + self.beta).clamp(self.eps, 1 - self.eps)
+        g = torch.where(g >= self.threshold, g, torch.zeros_like(g))
+        self.last_active = (g > 0).sum(1)
+        return x * _broadcast_units(g, x)
+
+
+def dynamic_gate_from(module: DBBGate, q_pi, q_beta, index: torch.Tensor, threshold: float) -> DynamicGate:
+    """The compact gate of ``module`` restricted to units ``index`` (posteriors ``q_pi``: Kumaraswamy, ``q_beta``)."""
+    gate = DynamicGate(int(index.numel()), module.eps, threshold)
+    with torch.no_grad():
+        gate.scale.copy_(q_pi.mean.detach().cpu()[index])
+        gate.gamma.copy_(module.gamma.detach().cpu()[index])
+        gate.mean.copy_(module.running_mean.cpu()[index])
+        gate.std.copy_(module.running_std.cpu()[index])
+        gate.beta.copy_(q_beta.mean.detach().cpu()[index])
+    return gate
+
+
