@@ -172,7 +172,8 @@ def cmd_train(a) -> int:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     if not a.resume:
-        cfg_json = {**identity, "init_from": a.init_from, "data_root": a.data_root,
+        cfg_json = {**identity, "command": _command_line(a),
+                    "init_from": a.init_from, "data_root": a.data_root,
                     "config": {k: v for k, v in vars(cfg).items() if k != "extra"}, "unit_kwargs": unit_kwargs}
         (out / "config.json").write_text(json.dumps(cfg_json, indent=1))
     try:
@@ -185,6 +186,22 @@ def cmd_train(a) -> int:
         return 130
     _print_summary(metrics)
     return 0
+
+
+def _command_line(a) -> str:
+    """The train command that reproduces this run (every option spelled out)."""
+    parts = ["pyro-sparse train"]
+    for key, value in vars(a).items():
+        if key in ("command", "resume", "quiet") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _print_summary(m: dict) -> None:
