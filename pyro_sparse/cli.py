@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
+    r.add_argument("run_dir")
     e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
     e.add_argument("run_dir")
     e.add_argument("--data-root", default=None)
@@ -236,9 +238,23 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .diagnostics import write_report
+    from .infer import CheckpointError
+    from .runs import load_run
+
+    try:
+        model, guide, _ = load_run(a.run_dir)
+    except (FileNotFoundError, CheckpointError) as e:
+        _fail(str(e))
+    for path in write_report(a.run_dir, model, guide):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

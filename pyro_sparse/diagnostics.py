@@ -1,0 +1,206 @@
+"""ArviZ diagnostics and plots of the sparsification posteriors.
+
+:func:`to_inference_data` turns a trained model and guide into ``arviz.InferenceData`` with
+
+* ``posterior``: only the sparsification variables, one chain, ``num_samples`` draws — SBP ``theta`` and BB/DBB
+  ``pi`` (and DBB ``beta``) per unit, drawn from the guide (dims ``(chain, draw, <layer>_unit)``);
+  for SVD layers ``log_alpha`` per input unit (the median log α of the unit's outgoing weights: a variational
+  parameter, so constant over draws) — never the raw weights;
+* ``posterior_predictive``: ``y`` drawn from the model for every draw (dims ``(chain, draw, obs)``);
+* ``log_likelihood``: ``y`` — log p(y_i | x_i, draw) in nats (dims ``(chain, draw, obs)``), so ``az.loo`` works;
+* ``observed_data``: ``y`` (dim ``obs``).
+
+Plots (matplotlib, each returns the ``Figure``): :func:`plot_unit_summary`, :func:`plot_input_mask`,
+:func:`plot_first_layer`, :func:`plot_training_curves`; :func:`write_report` writes them all for a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from .distributions import log_alpha
+
+
+def _short(name: str) -> str:
+    return name[4:] if name.startswith("net.") else name
+
+
+def _sparse_sites(model, guide):
+    from guides import latent_sites
+
+    for name, module, attr, _ in latent_sites(model):
+        yield name, module, attr, guide.posterior(name)
+
+
+@torch.no_grad()
+def to_inference_data(model, guide, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100, seed: int = 0):
+    """``arviz.InferenceData`` of a trained ``model`` / ``guide`` on the examples ``x [n, ...]``, ``y [n]``.
+
+    :param num_samples: posterior draws (one chain).
+    :raises ValueError: ``x`` and ``y`` differ in length, or ``num_samples < 1``.
+    """
+    import arviz as az
+
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    pyro.set_rng_seed(seed)
+    device = next(iter(guide.parameters()), torch.zeros(())).device
+    x, y = x.to(device), y.to(device)
+    posterior, dims = {}, {}
+    for name, _, attr, q in _sparse_sites(model, guide):
+        key = _short(name)
+        if attr == "weight":  # SVD: log α per input unit
+            la = log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
+            draws = la.expand(num_samples, -1)
+            key = key.replace(".weight", ".log_alpha")
+        else:
+            draws = q.sample((num_samples,))
+        posterior[key] = draws.cpu().numpy()[None]
+        dims[key] = [f"{key.split('.')[0]}_unit"]
+    model.eval()
+    guide.eval()
+    log_lik = np.empty((1, num_samples, x.shape[0]))
+    y_pred = np.empty((1, num_samples, x.shape[0]), dtype=np.int64)
+    for s in range(num_samples):
+        guide_trace = pyro.poutine.trace(guide).get_trace(x)
+        logits = pyro.poutine.replay(model, trace=guide_trace)(x)
+        logp = torch.log_softmax(logits, -1)
+        log_lik[0, s] = logp.gather(1, y.view(-1, 1)).squeeze(1).cpu().numpy()
+        y_pred[0, s] = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
+    coords = {"obs": np.arange(x.shape[0])}
+    return az.from_dict(
+        posterior=posterior,
+        posterior_predictive={"y": y_pred},
+        log_likelihood={"y": log_lik},
+        observed_data={"y": y.cpu().numpy()},
+        coords=coords,
+        dims={**dims, "y": ["obs"]},
+    )
+
+
+def _unit_stats(model, guide):
+    """``[(label, values [K], threshold, kind)]`` per unit module / SVD layer."""
+    out = []
+    for name, module, attr, q in _sparse_sites(model, guide):
+        key = _short(name)
+        if attr == "theta":
+            out.append((key, q.snr().detach().cpu().numpy(), module.default_threshold, "SNR"))
+        elif attr == "pi":
+            out.append((key, q.mean.detach().cpu().numpy(), module.default_threshold, "E[π]"))
+        elif attr == "weight":
+            la = log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
+            out.append((key, la.detach().cpu().numpy(), 3.0, "median log α"))
+    return out
+
+
+def plot_unit_summary(model, guide):
+    """One panel per layer: the pruning statistic of every unit (SNR, E[π] or median log α) and its threshold."""
+    import matplotlib.pyplot as plt
+
+    stats = _unit_stats(model, guide)
+    fig, axes = plt.subplots(len(stats), 1, figsize=(8, 2.2 * len(stats)), squeeze=False)
+    for ax, (label, v, thr, kind) in zip(axes[:, 0], stats, strict=True):
+        ax.plot(v, ".", ms=3)
+        ax.axhline(thr, color="r", lw=1, label=f"threshold {thr:g}")
+        if kind != "median log α":
+            ax.set_yscale("log")
+        ax.set_ylabel(kind)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("unit")
+    fig.tight_layout()
+    return fig
+
+
+def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28)):
+    """Kept input pixels (first layer's input units) as an image, for models with a unit module on the inputs."""
+    import matplotlib.pyplot as plt
+
+    from .compress import compress
+
+    compact = compress(model, guide)
+    n = int(np.prod(image_shape))
+    keep = np.zeros(n, dtype=bool)
+    from .nn import Select
+
+    sel = next((m for m in compact if isinstance(m, Select)), None)
+    keep[sel.index.cpu().numpy() if sel is not None else np.arange(n)] = True
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(keep.reshape(image_shape), cmap="gray")
+    ax.set_title(f"kept input pixels: {keep.sum()}/{n}", fontsize=9)
+    ax.axis("off")
+    return fig
+
+
+def plot_first_layer(model, guide, image_shape: tuple[int, int] = (28, 28), units: int = 10):
+    """SVD: log α of the first layer's weights of the first ``units`` output units, each as an input-sized image."""
+    import matplotlib.pyplot as plt
+
+    name, _, attr, q = next(iter(_sparse_sites(model, guide)))
+    if attr != "weight":
+        raise ValueError("plot_first_layer needs an SVD model (latent weights)")
+    la = log_alpha(q.loc, q.scale).detach().cpu().numpy()
+    k = min(units, la.shape[0])
+    fig, axes = plt.subplots(1, k, figsize=(1.3 * k, 1.6))
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(la[i].reshape(image_shape), cmap="magma", vmin=-4, vmax=8)
+        ax.axis("off")
+    fig.suptitle(f"{_short(name)}: log α per weight (bright = pruned, ≥ 3)", fontsize=9)
+    return fig
+
+
+def plot_training_curves(run_dir: str | Path):
+    """Loss, train/test error and surviving weights per epoch from ``RUN_DIR/log.jsonl``."""
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in (Path(run_dir) / "log.jsonl").read_text().splitlines() if ln.strip()]
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    axes[0].plot(ep, [r["loss"] for r in rows], label="−ELBO / N")
+    axes[0].plot(ep, [r["nll"] for r in rows], label="NLL / N")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(ep, [r["train_error"] for r in rows], label="train (stochastic)")
+    axes[1].plot(ep, [r["test_error"] for r in rows], label="test (compact)")
+    axes[1].set_ylabel("error %")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(ep, [r["nonzero_weights"] for r in rows])
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("non-zero weights")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def write_report(run_dir: str | Path, model, guide) -> list[Path]:
+    """Write the plots of a finished run to ``RUN_DIR/report/*.png``; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(run_dir) / "report"
+    out.mkdir(exist_ok=True)
+    written = []
+    figs = {"training_curves": lambda: plot_training_curves(run_dir), "units": lambda: plot_unit_summary(model, guide)}
+    if tuple(model.input_shape) == (1, 28, 28):
+        figs["input_mask"] = lambda: plot_input_mask(model, guide)
+        figs["first_layer_log_alpha"] = lambda: plot_first_layer(model, guide)
+    for name, make in figs.items():
+        try:
+            fig = make()
+        except (ValueError, StopIteration):
+            continue  # not applicable to this method
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
