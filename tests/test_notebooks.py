@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom (with 3 epochs instead of the committed run's 100)."""
 
-import os
 from pathlib import Path
 
 import nbformat
