@@ -56,12 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
     t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
     t.add_argument("--out", required=True, help="RUN_DIR")
     t.add_argument("--init-from", default=None, help="RUN_DIR of a finished dense run to start from")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    rp = sub.add_parser("reproduce", help="the papers' comparison table for one architecture (all methods)")
+    rp.add_argument("--arch", required=True, choices=("lenet300", "lenet500", "lenet5"))
+    rp.add_argument("--budget", required=True, choices=("smoke", "cpu", "paper"))
+    rp.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    rp.add_argument("--data-root", default=None)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--seeds", type=int, default=1)
     r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
     r.add_argument("run_dir")
     e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
@@ -108,7 +116,7 @@ def cmd_train(a) -> int:
     from guides import MeanFieldGuide
     from models import build_model, load_pretrained
 
-    from .data import DataNotFoundError, load_dataset
+    from .data import DataNotFoundError, load_dataset, subset
     from .infer import CheckpointError, fit, load_checkpoint
     from .infer.train import METRICS
 
@@ -123,7 +131,8 @@ def cmd_train(a) -> int:
         _fail(f"--batch-size must be positive, got {a.batch_size}")
     _check_device(a.device)
     out = Path(a.out)
-    identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs}
+    identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
+                "subset": a.subset}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
@@ -141,6 +150,10 @@ def cmd_train(a) -> int:
         data = load_dataset(a.dataset, a.data_root)
     except DataNotFoundError as e:
         _fail(str(e))
+    if a.subset is not None:  # quick runs: the first N training examples (the test set stays whole)
+        if a.subset <= 0:
+            _fail(f"--subset must be positive, got {a.subset}")
+        data = subset(data, a.subset)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     unit_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
     try:
@@ -252,9 +265,22 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_reproduce(a) -> int:
+    from .reproduce import run
+
+    if a.seeds < 1:
+        _fail(f"--seeds must be >= 1, got {a.seeds}")
+    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds)
+    from .reproduce import markdown
+
+    print(markdown(table))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report}[args.command](args)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,19 @@ def test_short_real_mnist_run(mnist_root):
     assert metrics["test_error"] < 15.0
     assert metrics["n_nonzero"] < metrics["n_weights"]
     assert metrics["units"][0] <= 784
+
+
+def test_reproduce_smoke(mnist_root, tmp_path, capsys):
+    """`pyro-sparse reproduce --budget smoke`: every method's stage, the peer, the table and the plots."""
+    out = tmp_path / "repro"
+    assert main(["reproduce", "--arch", "lenet300", "--budget", "smoke", "--data-root", str(mnist_root),
+                 "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    methods = [r["method"] for r in table["rows"]]
+    assert methods[:5] == ["dense", "svd", "sbp", "bb", "dbb"]
+    assert all(r["epochs"] == 1 for r in table["rows"])
+    for name in ("table.md", "error_vs_flops.png", "units.png"):
+        assert (out / name).is_file()
+    dbb_cfg = json.loads((out / "seed0" / "dbb" / "config.json").read_text())
+    assert dbb_cfg["init_from"].endswith("bb")
+    assert "| dense | 1 |" in capsys.readouterr().out
