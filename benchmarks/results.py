@@ -61,7 +61,8 @@ def main():
              "run; its command and epoch budget are listed under the table. Test error is in percent, measured on the "
              "compact (pruned, deterministic) network; FLOPs speed-up and memory follow METHODS.md §5 (see "
              "`pyro_sparse/metrics.py`); compression = weights / non-zero weights (biases excluded); measured "
-             "speed-up = median CPU latency of the full vs the compact network at batch 1000 (batch 1 in the JSON).",
+             "speed-up = median CPU latency of the full vs the compact network at batch 1000, from "
+             "`benchmarks/latency.py` (table at the end).",
              "", "Runs not finished when this file was generated are listed as missing: no number is filled in by "
              "hand.", ""]
     nd = HERE / "noise_digits.json"
@@ -87,6 +88,8 @@ def main():
                   f"| **ratio** | **{r['ratio']:.2f}×** (target ≤ 1.3×) |", "",
                   f"Command: `{r['command']}` ({r['torch_threads']} torch threads; both timed alternately in one "
                   "process).", ""]
+    lat_path = HERE / "latency.json"
+    latency = json.loads(lat_path.read_text()) if lat_path.is_file() else {"runs": {}}
     for title, rows in ROWS.items():
         table = ["| method | error % (paper) | units (paper) | FLOPs × (paper) | memory (paper) | compression × "
                  "(paper) | measured CPU speed-up (b=1000) | epochs | train time |",
@@ -101,7 +104,8 @@ def main():
             m = json.loads((run / "metrics.json").read_text())
             cfg = json.loads((run / "config.json").read_text())
             (HERE / "runs" / f"{name}.json").write_text(json.dumps({"config": cfg, "metrics": m}, indent=1))
-            speed = m.get("speedup_measured_b1000")
+            lat = latency["runs"].get(name)
+            speed = lat["speedup_b1000"] if lat else m.get("speedup_measured_b1000")
             table.append(
                 f"| {m['method']} | {m['test_error']:.2f} ({paper[0]}) | {_fmt_units(m['units'])} ({paper[1]}) | "
                 f"{m['flops_speedup']:.2f} ({paper[2]}) | {100 * m['memory_fraction']:.2f}% ({paper[3]}) | "
@@ -109,6 +113,16 @@ def main():
                 f"{m['train_seconds'] / 60:.0f} min |")
             cmds.append(f"- {m['method']}: `{_command(run, cfg)}`")
         lines += [f"## {title}", "", *table, "", "Commands:", "", *cmds, ""]
+    if latency["runs"]:
+        lines += ["## Measured CPU latency, compact vs full network", "",
+                  "| run | units | full ms (b=1) | compact ms (b=1) | speed-up b=1 | full ms (b=1000) | "
+                  "compact ms (b=1000) | speed-up b=1000 |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in latency["runs"].items():
+            lines.append(f"| {name} | {_fmt_units(r['units'])} | {r['full_ms_b1']:.3f} | {r['compact_ms_b1']:.3f} | "
+                         f"{r['speedup_b1']:.2f}× | {r['full_ms_b1000']:.2f} | {r['compact_ms_b1000']:.2f} | "
+                         f"{r['speedup_b1000']:.2f}× |")
+        lines += ["", f"Command: `{latency['command']}` ({latency['torch_threads']} torch threads, median of the "
+                  "repeats, nothing else running).", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
