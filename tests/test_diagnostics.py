@@ -33,7 +33,7 @@ def test_inference_data_groups_shapes_and_arviz(sbp_run):
     assert idata.log_likelihood["y"].shape == (1, 12, 60)
     assert idata.posterior_predictive["y"].shape == (1, 12, 60)
     assert (idata.log_likelihood["y"].values <= 0).all()
-    assert len(az.summary(idata, var_names=["fc3_units.theta"])) == 300
+    assert len(az.summary(idata, var_names=["fc3_units.theta"])) == 100  # fc3 has 100 inputs
     az.plot_forest(idata, var_names=["fc3_units.theta"], combined=True)
     assert az.loo(idata).elpd_loo < 0
 

@@ -101,10 +101,10 @@ def test_cli_refuses_to_overwrite_and_resumes_nothing_corrupt(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "precious"
     # a corrupted checkpoint: resume and init-from fail cleanly
     (out / "config.json").write_text(json.dumps({"method": "svd", "arch": "logreg", "dataset": "digits", "seed": 0,
-                                                 "epochs": 200}))
+                                                 "epochs": 7}))
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out", str(out),
-                      "--resume"], capsys)
+    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "7",
+                      "--out", str(out), "--resume"], capsys)
     assert code == 2 and "corrupted" in err and len(err.splitlines()) == 1
     code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out",
                       str(tmp_path / "new"), "--init-from", str(out)], capsys)
@@ -112,6 +112,9 @@ def test_cli_refuses_to_overwrite_and_resumes_nothing_corrupt(tmp_path, capsys):
     code, err = _cli(["evaluate", str(tmp_path / "missing")], capsys)
     assert code == 2 and "config.json" in err
     assert (out / "keep.txt").read_text() == "precious"
+    code, err = _cli(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--epochs", "7",
+                      "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "method was 'svd', now 'bb'" in err
 
 
 def test_console_script_has_no_traceback(tmp_path):
