@@ -11,29 +11,24 @@ import argparse
 import json
 from pathlib import Path
 
+from pyro_sparse.reproduce import PAPER
+
 HERE = Path(__file__).resolve().parent
 
-# (run name, paper numbers: error %, units, FLOPs ×, memory %, compression ×, source)
-ROWS = {
-    "LeNet-300-100 on MNIST (METHODS.md §6)": [
-        ("dense_lenet300_mnist", ("1.64", "784-300-100", "1", "100%", "1", "SVD code README")),
-        ("svd_lenet300_mnist", ("1.92", "—", "—", "—", "68", "SVD code README")),
-    ],
-    "LeNet-500-300 on MNIST": [
-        ("dense_lenet500_mnist", ("1.56", "784-500-300", "1", "100%", "1", "BB paper Table 2")),
-        ("sbp_lenet500_mnist", ("1.58", "257-97-43", "18.33", "5.44%", "—", "BB paper Table 2")),
-        ("sbp2_lenet500_mnist", ("1.58", "257-97-43", "18.33", "5.44%", "—", "BB paper Table 2")),
-        ("bb_lenet500_mnist", ("1.32", "294-110-71", "13.26", "7.52%", "—", "BB paper Table 2")),
-        ("dbb_lenet500_mnist", ("1.40", "106-56-46", "33.51", "0.98%", "—", "BB paper Table 2")),
-    ],
-    "LeNet-5-Caffe on MNIST": [
-        ("dense_lenet5_mnist", ("0.70", "20-50-800-500", "1", "100%", "1", "BB paper Table 2")),
-        ("sbp_lenet5_mnist", ("0.82", "9-17-130-42", "5.53", "13.42%", "—", "BB paper Table 2")),
-        ("sbp2_lenet5_mnist", ("0.82", "9-17-130-42", "5.53", "13.42%", "—", "BB paper Table 2")),
-        ("bb_lenet5_mnist", ("0.57", "13-25-156-54", "2.94", "16.2%", "—", "BB paper Table 2")),
-        ("dbb_lenet5_mnist", ("0.63", "13-24-53-27", "2.95", "14.79%", "—", "BB paper Table 2")),
-    ],
-}
+ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
+#: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
+RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "bb", "dbb")
+
+
+def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
+    """The papers' numbers (METHODS.md §6, kept once in ``pyro_sparse.reproduce.PAPER``) as table cells."""
+    p = PAPER.get((arch, method))
+    if p is None:
+        return ("—",) * 5
+    compression = {("lenet300", "svd"): "68", ("lenet300", "dense"): "1", ("lenet500", "dense"): "1",
+                   ("lenet5", "dense"): "1"}.get((arch, method), "—")
+    return (f"{p[0]:.2f}", p[1] or "—", "—" if p[2] is None else f"{p[2]:g}",
+            "—" if p[3] is None else f"{p[3]:g}%", compression)
 
 
 def _command(run: Path, cfg: dict) -> str:
@@ -95,17 +90,20 @@ def main():
                   "process).", ""]
     lat_path = HERE / "latency.json"
     latency = json.loads(lat_path.read_text()) if lat_path.is_file() else {"runs": {}}
-    for title, rows in ROWS.items():
+    for arch, title in ARCHS.items():
         table = ["| method | error % (paper) | units (paper) | FLOPs × (paper) | memory (paper) | compression × "
                  "(paper) | measured CPU speed-up (b=1000) | epochs | train time |",
                  "|---|---|---|---|---|---|---|---|---|"]
         cmds = []
-        for name, paper in rows:
+        for method in RUN_ORDER:
+            name = f"{method}_{arch}_mnist"
+            paper = _paper(arch, method.rstrip("2"))
             run = runs / name
             if not (run / "metrics.json").is_file():
-                if name.startswith("sbp2"):
-                    continue  # optional continuation run
-                table.append(f"| {name.split('_')[0]} | missing: not run to the end here ({paper[0]}) | "
+                expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
+                if method not in expected:
+                    continue  # not part of this session's plan for this architecture
+                table.append(f"| {method} | missing: not run to the end here ({paper[0]}) | "
                              f"({paper[1]}) | ({paper[2]}) | ({paper[3]}) | ({paper[4]}) | — | — | — |")
                 continue
             m = json.loads((run / "metrics.json").read_text())
@@ -125,7 +123,7 @@ def main():
                 f"{m['compression']:.1f} ({paper[4]}) | {f'{speed:.2f}×' if speed else '—'} | {epochs} | "
                 f"{m['train_seconds'] / 60:.0f} min |")
             cmds.append(f"- {label}: `{_command(run, cfg)}`")
-        lines += [f"## {title}", "", *table, "", "Commands:", "", *cmds, ""]
+        lines += [f"## {title} on MNIST", "", *table, "", "Commands:", "", *cmds, ""]
     if latency["runs"]:
         lines += ["## Measured CPU latency, compact vs full network", "",
                   "| run | units | full ms (b=1) | compact ms (b=1) | speed-up b=1 | full ms (b=1000) | "
