@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
-RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "bb", "dbb")
+RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "bb", "bb2", "dbb")
 
 
 def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
@@ -97,7 +97,7 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("2"))
+            paper = _paper(arch, method.rstrip("2"))  # sbp2 / bb2: continuations of sbp / bb
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
