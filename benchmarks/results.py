@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
-RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "bb", "bb2", "dbb")
+RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "sbp3", "bb", "bb2", "dbb")
 
 
 def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
@@ -97,7 +97,7 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("2"))  # sbp2 / bb2: continuations of sbp / bb
+            paper = _paper(arch, method.rstrip("23"))  # sbp2, sbp3, bb2: continuations of sbp / bb
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
@@ -113,10 +113,15 @@ def main():
             speed = lat["speedup_b1000"] if lat else m.get("speedup_measured_b1000")
             label, epochs = m["method"], str(m["epochs"])
             parent = Path(cfg["init_from"]) if cfg.get("init_from") else None
-            if parent is not None and (parent / "config.json").is_file():
+            stages = [m["epochs"]]
+            while parent is not None and (parent / "config.json").is_file():  # continued runs: count every stage
                 pcfg = json.loads((parent / "config.json").read_text())
-                if pcfg["method"] == m["method"]:  # a continued run: count both stages
-                    label, epochs = f"{m['method']} (continued)", f"{pcfg['epochs']}+{m['epochs']}"
+                if pcfg["method"] != m["method"]:
+                    break
+                stages.insert(0, pcfg["epochs"])
+                parent = Path(pcfg["init_from"]) if pcfg.get("init_from") else None
+            if len(stages) > 1:
+                label, epochs = f"{m['method']} (continued)", "+".join(map(str, stages))
             table.append(
                 f"| {label} | {m['test_error']:.2f} ({paper[0]}) | {_fmt_units(m['units'])} ({paper[1]}) | "
                 f"{m['flops_speedup']:.2f} ({paper[2]}) | {100 * m['memory_fraction']:.2f}% ({paper[3]}) | "
