@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
-RUN_ORDER = ("dense", "svd", "sbp", "sbp2", "sbp3", "bb", "bb2", "dbb")
+RUN_ORDER = ("dense", "svd", "svd2", "sbp", "sbp2", "sbp3", "bb", "bb2", "dbb")
 
 
 def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
