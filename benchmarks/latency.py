@@ -5,7 +5,7 @@ machine state), for finished runs.
 
 For each RUN_DIR: the compact network (``load_compressed``) against the full deterministic network of the same run
 (``compress(model, guide, keep_all=True)``), at batch 1 and batch 1000, ``torch.inference_mode``, torch's default
-threads. Writes ``benchmarks/latency.json``.
+threads, timed alternately (``pyro_sparse.metrics.compare_latency``). Writes ``benchmarks/latency.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pyro_sparse.compress import compress, load_compressed
-from pyro_sparse.metrics import measure_latency
+from pyro_sparse.metrics import compare_latency
 from pyro_sparse.runs import load_run
 
 
@@ -33,8 +33,7 @@ def main():
         shape = tuple(compact.input_shape)
         row = {"method": cfg["method"], "arch": cfg["arch"], "units": compact.units}
         for bs in (1, 1000):
-            t_full = measure_latency(full, shape, bs, a.repeats)
-            t_comp = measure_latency(compact, shape, bs, a.repeats)
+            t_full, t_comp = compare_latency(full, compact, shape, bs, a.repeats)
             row[f"full_ms_b{bs}"], row[f"compact_ms_b{bs}"] = 1e3 * t_full, 1e3 * t_comp
             row[f"speedup_b{bs}"] = t_full / t_comp
         results[Path(run).name] = row

@@ -181,13 +181,34 @@ def measure_latency(
     return statistics.median(times)
 
 
+@torch.inference_mode()
+def compare_latency(full: nn.Module, compact: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                    repeats: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Median seconds of ``full`` and ``compact`` on the same random batch, timed alternately (one call of each per
+    repeat) so that drifts of machine load or clock hit both alike."""
+    full, compact = full.cpu().eval(), compact.cpu().eval()
+    x = torch.rand(batch_size, *input_shape)
+    for _ in range(warmup):
+        full(x)
+        compact(x)
+    t_full, t_comp = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        full(x)
+        t1 = time.perf_counter()
+        compact(x)
+        t2 = time.perf_counter()
+        t_full.append(t1 - t0)
+        t_comp.append(t2 - t1)
+    return statistics.median(t_full), statistics.median(t_comp)
+
+
 def latency_report(compact: nn.Module, full: nn.Module, repeats: int = 30) -> dict:
     """Measured CPU latency (median seconds) of full vs compact at batch 1 and 1000, and their ratios."""
     shape = tuple(compact.input_shape)
     out = {}
     for bs in (1, 1000):
-        t_full = measure_latency(full, shape, bs, repeats)
-        t_comp = measure_latency(compact, shape, bs, repeats)
+        t_full, t_comp = compare_latency(full, compact, shape, bs, repeats)
         out[f"latency_full_b{bs}"] = t_full
         out[f"latency_compact_b{bs}"] = t_comp
         out[f"speedup_measured_b{bs}"] = t_full / t_comp
