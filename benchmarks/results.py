@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
-RUN_ORDER = ("dense", "svd", "svd2", "sbp", "sbp2", "sbp3", "sbp4", "bb", "bb2", "bb3", "dbb")
+RUN_ORDER = ("dense", "svd", "svd2", "sbp", "sbp2", "sbp3", "sbp4", "sbp5", "bb", "bb2", "bb3", "dbb")
 
 
 def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
@@ -115,7 +115,7 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("234"))  # sbp2, sbp3, bb2: continuations of sbp / bb
+            paper = _paper(arch, method.rstrip("2345"))  # sbp2, sbp3, bb2: continuations of sbp / bb
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
