@@ -11,7 +11,8 @@
   output. ``flops_speedup = FLOPs(full) / FLOPs(compact)``.
 * **memory_fraction**: (parameters + conv output feature maps) of the compact network / the same for the full one.
 * **latency**: median wall-clock seconds of a forward pass (``torch.inference_mode``), measured by
-  :func:`measure_latency` — used by benchmarks and ``metrics.json``, never by tests.
+  :func:`compare_latency` (full and compact timed alternately) — used by benchmarks and ``metrics.json``, never by
+  tests.
 """
 
 from __future__ import annotations
@@ -154,31 +155,6 @@ def summarize(
     if x_test is not None and y_test is not None:
         out["test_error"] = classification_error(compact, x_test, y_test)
     return out
-
-
-@torch.inference_mode()
-def measure_latency(
-    net: nn.Module,
-    input_shape: tuple[int, ...],
-    batch_size: int,
-    repeats: int = 30,
-    warmup: int = 5,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Median wall-clock seconds of ``net`` on a random batch ``[batch_size, *input_shape]``."""
-    net = net.to(device).eval()
-    x = torch.rand(batch_size, *input_shape, device=device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        net(x)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        net(x)
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
