@@ -160,7 +160,9 @@ def main():
                          f"{r['speedup_b1']:.2f}× | {r['full_ms_b1000']:.2f} | {r['compact_ms_b1000']:.2f} | "
                          f"{r['speedup_b1000']:.2f}× |")
         lines += ["", f"Command: `{latency['command']}` ({latency['torch_threads']} torch threads, median of the "
-                  "repeats, nothing else running).", ""]
+                  "repeats, nothing else running). Repeated invocations of this script vary noticeably on this "
+                  "machine for the small MLPs (SVD LeNet-300-100 at batch 1000: 1.80× in one run, 1.18× in the "
+                  "next, ten minutes apart); the LeNet-500-300 SBP ratios stayed between 4.4× and 4.7×.", ""]
     lines += ["## Gaps to the papers, and why", "", *GAPS, ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
