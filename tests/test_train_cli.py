@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
+import pyro_sparse
 from guides import MeanFieldGuide
 from models import build_model
 from pyro_sparse.cli import main
-from pyro_sparse.compress import load_compressed
 from pyro_sparse.data import load_dataset, subset
 from pyro_sparse.infer import TrainConfig, fit
 from pyro_sparse.metrics import classification_error
@@ -67,7 +67,8 @@ def test_cli_train_evaluate_digits(tmp_path, capsys):
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["test_error"] == pytest.approx(metrics["test_error"])
     data = load_dataset("digits")
-    assert classification_error(load_compressed(out), data.x_test, data.y_test) == pytest.approx(metrics["test_error"])
+    assert classification_error(pyro_sparse.load_compressed(out), data.x_test, data.y_test) == pytest.approx(
+        metrics["test_error"])
 
 
 @pytest.mark.parametrize(
