@@ -9,7 +9,7 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from . import distributions  # noqa: E402  (registers the KL pairs)
-from .compress import compress, load_compressed  # noqa: E402
+from .compress import load_compressed  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["compress", "distributions", "load_compressed"]
+__all__ = ["distributions", "load_compressed"]
