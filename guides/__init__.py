@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import pyro
 import torch
-from pyro.distributions import Beta, Independent, Normal
+from pyro.distributions import Beta, Normal
 from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_sparse.distributions import LogUniform, TruncatedLogUniform
 from pyro_sparse.poutine import LocalReparameterizationMessenger
+from pyro_sparse.poutine.local import base_distribution
 
 from .bb import KumaraswamyUnits
 from .normal import NormalFamily
@@ -44,12 +45,6 @@ def register_family(prior_type: type, family: type) -> None:
     """Use ``family`` (an ``nn.Module`` with ``from_site(prior, init, shape)`` and ``distribution()``) for
     every latent site whose prior is an instance of ``prior_type``."""
     FAMILIES[prior_type] = family
-
-
-def _base(fn):
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn
 
 
 def latent_sites(model: nn.Module):
@@ -88,7 +83,7 @@ class MeanFieldGuide(PyroModule):
         self.sites = PyroModule[nn.ModuleDict]()
         self._names: list[str] = []
         for name, module, attr, prior in latent_sites(model):
-            base = _base(prior)
+            base = base_distribution(prior)
             family = next((f for t, f in FAMILIES.items() if isinstance(base, t)), None)
             if family is None:
                 raise TypeError(

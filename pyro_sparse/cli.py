@@ -189,7 +189,7 @@ def cmd_train(a) -> int:
     if not a.resume:
         cfg_json = {**identity, "command": _command_line(a),
                     "init_from": a.init_from, "data_root": a.data_root,
-                    "config": {k: v for k, v in vars(cfg).items() if k != "extra"}, "unit_kwargs": unit_kwargs}
+                    "config": vars(cfg), "unit_kwargs": unit_kwargs}
         (out / "config.json").write_text(json.dumps(cfg_json, indent=1))
     try:
         metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,

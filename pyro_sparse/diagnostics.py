@@ -30,6 +30,11 @@ def _short(name: str) -> str:
     return name[4:] if name.startswith("net.") else name
 
 
+def _unit_log_alpha(q) -> torch.Tensor:
+    """Median log α of each input unit's outgoing weights, ``[in]``, from a Gaussian weight posterior."""
+    return log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
+
+
 def _sparse_sites(model, guide):
     from guides import latent_sites
 
@@ -57,8 +62,7 @@ def to_inference_data(model, guide, x: torch.Tensor, y: torch.Tensor, num_sample
     for name, _, attr, q in _sparse_sites(model, guide):
         key = _short(name)
         if attr == "weight":  # SVD: log α per input unit
-            la = log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
-            draws = la.expand(num_samples, -1)
+            draws = _unit_log_alpha(q).expand(num_samples, -1)
             key = key.replace(".weight", ".log_alpha")
         else:
             draws = q.sample((num_samples,))
@@ -95,7 +99,7 @@ def _unit_stats(model, guide):
         elif attr == "pi":
             out.append((key, q.mean.detach().cpu().numpy(), module.default_threshold, "E[π]"))
         elif attr == "weight":
-            la = log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
+            la = _unit_log_alpha(q)
             out.append((key, la.detach().cpu().numpy(), 3.0, "median log α"))
     return out
 

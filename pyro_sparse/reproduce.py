@@ -16,7 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
-METHODS = ("dense", "svd", "sbp", "bb", "dbb")
+from models import METHODS
+
 BUDGETS = {
     "smoke": {arch: dict.fromkeys(METHODS, 1) for arch in ("lenet300", "lenet500", "lenet5")},
     "cpu": {

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class TrainConfig:
     weight_threshold: float = 3.0
     unit_threshold: float | None = None
     measure_latency: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs <= 0:

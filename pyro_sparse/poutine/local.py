@@ -23,7 +23,8 @@ from pyro.poutine.messenger import Messenger
 _TAG = "_pyro_sparse_local_fn"
 
 
-def _base(fn):
+def base_distribution(fn):
+    """``fn`` with every ``Independent`` wrapper removed."""
     while isinstance(fn, Independent):
         fn = fn.base_dist
     return fn
@@ -32,7 +33,7 @@ def _base(fn):
 def local_distribution(value: torch.Tensor):
     """The guide distribution (``Independent`` unwrapped) tagged on ``value``, or ``None``."""
     fn = getattr(value, _TAG, None)
-    return None if fn is None else _base(fn)
+    return None if fn is None else base_distribution(fn)
 
 
 class LocalReparameterizationMessenger(Messenger):
@@ -44,7 +45,7 @@ class LocalReparameterizationMessenger(Messenger):
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["value"] is not None:
             return
-        if isinstance(_base(msg["fn"]), Normal):
+        if isinstance(base_distribution(msg["fn"]), Normal):
             # the model consumes (loc, scale) through the local reparameterisation; a view gives a fresh tensor
             # object to tag without touching the parameter itself
             msg["value"] = msg["fn"].mean.expand(msg["fn"].shape())
