@@ -10,7 +10,8 @@
 * ``log_likelihood``: ``y`` — log p(y_i | x_i, draw) in nats (dims ``(chain, draw, obs)``), so ``az.loo`` works;
 * ``observed_data``: ``y`` (dim ``obs``).
 
-Plots (matplotlib, each returns the ``Figure``): :func:`plot_unit_summary`, :func:`plot_input_mask`,
+Plots (matplotlib, each returns the ``Figure``): :func:`plot_unit_summary`, :func:`plot_input_mask` (from
+:func:`input_mask`),
 :func:`plot_first_layer`, :func:`plot_training_curves`; :func:`write_report` writes them all for a run directory.
 """
 
@@ -123,39 +124,61 @@ def plot_unit_summary(model, guide):
     return fig
 
 
-def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28)):
-    """Kept input pixels (first layer's input units) as an image, for models with a unit module on the inputs."""
-    import matplotlib.pyplot as plt
+def input_mask(model, guide) -> np.ndarray:
+    """Boolean ``[n_inputs]``: which input features (pixels) the compact network still reads.
 
+    Static pruning only (the compact network's ``Select``); DBB's per-example gates come on top of it.
+    """
     from .compress import compress
-
-    compact = compress(model, guide)
-    n = int(np.prod(image_shape))
-    keep = np.zeros(n, dtype=bool)
     from .nn import Select
 
+    compact = compress(model, guide)
+    n = int(np.prod(model.input_shape))
+    keep = np.zeros(n, dtype=bool)
     sel = next((m for m in compact if isinstance(m, Select)), None)
     keep[sel.index.cpu().numpy() if sel is not None else np.arange(n)] = True
-    fig, ax = plt.subplots(figsize=(3, 3))
+    return keep
+
+
+def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28), ax=None):
+    """Kept input pixels as an image (as in the SBP / BB papers' figures); draws on ``ax`` if given."""
+    import matplotlib.pyplot as plt
+
+    keep = input_mask(model, guide)
+    if keep.size != image_shape[0] * image_shape[1]:
+        raise ValueError(f"input mask has {keep.size} features, expected {image_shape[0]}x{image_shape[1]} pixels")
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(keep.reshape(image_shape), cmap="gray")
-    ax.set_title(f"kept input pixels: {keep.sum()}/{n}", fontsize=9)
+    ax.set_title(f"kept input pixels: {keep.sum()}/{keep.size}", fontsize=9)
     ax.axis("off")
-    return fig
+    return fig or ax.figure
 
 
 def plot_first_layer(model, guide, image_shape: tuple[int, int] = (28, 28), units: int = 10):
-    """SVD: log α of the first layer's weights of the first ``units`` output units, each as an input-sized image."""
+    """SVD: log α of the first layer's weights as images (SVD paper, Fig. 3).
+
+    Surviving units first. Dense first layer ``[out, 784]``: ``units`` output units, each as an ``image_shape``
+    image of its input weights. Conv first layer ``[C_out, C_in, k, k]``: ``units`` filters (input channel 0) as
+    ``k × k`` images. Bright = pruned (log α ≥ 3).
+    :raises ValueError: the first sparse layer is not SVD.
+    """
     import matplotlib.pyplot as plt
 
     name, _, attr, q = next(iter(_sparse_sites(model, guide)))
     if attr != "weight":
         raise ValueError("plot_first_layer needs an SVD model (latent weights)")
     la = log_alpha(q.loc, q.scale).detach().cpu().numpy()
-    k = min(units, la.shape[0])
+    images = la[:, 0] if la.ndim == 4 else la.reshape(la.shape[0], *image_shape)
+    alive = (la.reshape(la.shape[0], -1) < 3).any(1)
+    images = np.concatenate([images[alive], images[~alive]])  # surviving units first
+    k = min(units, images.shape[0])
     fig, axes = plt.subplots(1, k, figsize=(1.3 * k, 1.6))
     for i, ax in enumerate(np.atleast_1d(axes)):
-        ax.imshow(la[i].reshape(image_shape), cmap="magma", vmin=-4, vmax=8)
+        im = ax.imshow(images[i], cmap="magma", vmin=-4, vmax=8)
         ax.axis("off")
+    fig.colorbar(im, ax=list(np.atleast_1d(axes)), fraction=0.02, pad=0.01)
     fig.suptitle(f"{_short(name)}: log α per weight (bright = pruned, ≥ 3)", fontsize=9)
     return fig
 

@@ -3,8 +3,9 @@
 Pretrains the dense network once per seed, sparsifies it with every method (SVD, SBP, BB, then DBB from the BB run;
 SVD from scratch for LeNet-300-100, as its paper did), and writes ``table.md`` / ``table.json`` in the papers' format
 (method, error %, units per layer, FLOPs speed-up, memory, compression, measured CPU speed-up, train time, epochs)
-plus ``error_vs_flops.png`` and ``units.png``. Every stage is an ordinary ``pyro-sparse train`` run in
-``OUT/seed<S>/<method>``; a stage whose run already finished is reused, so an interrupted reproduction continues.
+plus ``error_vs_flops.png``, ``units.png``, ``svd_log_alpha.png`` and (LeNet-300/500) ``input_masks.png``. Every
+stage is an ordinary ``pyro-sparse train`` run in ``OUT/seed<S>/<method>``; a stage whose run already finished is
+reused, so an interrupted reproduction continues.
 
 Budgets (epochs per stage): ``smoke`` — 1 epoch on 2,000 training examples (a test runs it); ``cpu`` — fits a
 session on 2 CPU cores; ``paper`` — the papers' 200 epochs.
@@ -82,6 +83,7 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
     plot(table, out)
+    plot_posteriors(arch, out / "seed0", [m for m in methods if m != "dense"], out)
     return table
 
 
@@ -182,3 +184,35 @@ def plot(table: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "units.png", dpi=110)
     plt.close(fig)
+
+
+def plot_posteriors(arch: str, seed_dir: Path, methods: list[str], out: Path) -> list[Path]:
+    """The papers' posterior figures from the seed-0 runs: ``svd_log_alpha.png`` (first layer's log α as images, SVD
+    paper Fig. 3) and, for the fully connected nets, ``input_masks.png`` (the input pixels each method keeps, as
+    28×28 masks, SBP / BB papers' figures). Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .diagnostics import plot_first_layer, plot_input_mask
+    from .runs import load_run
+
+    written = []
+    runs = {m: load_run(seed_dir / m)[:2] for m in methods}
+    if "svd" in runs:
+        fig = plot_first_layer(*runs["svd"])
+        written.append(out / "svd_log_alpha.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if arch in ("lenet300", "lenet500") and runs:
+        fig, axes = plt.subplots(1, len(runs), figsize=(2.4 * len(runs), 2.7), squeeze=False)
+        for ax, (method, (model, guide)) in zip(axes[0], runs.items(), strict=True):
+            plot_input_mask(model, guide, ax=ax)
+            ax.set_title(f"{method}: {ax.get_title().split(': ')[1]} pixels", fontsize=9)
+        fig.suptitle(f"{arch}: kept input pixels (white)", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "input_masks.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

@@ -147,7 +147,7 @@ def test_reproduce_smoke(mnist_root, tmp_path, capsys):
     methods = [r["method"] for r in table["rows"]]
     assert methods[:5] == ["dense", "svd", "sbp", "bb", "dbb"]
     assert all(r["epochs"] == 1 for r in table["rows"])
-    for name in ("table.md", "error_vs_flops.png", "units.png"):
+    for name in ("table.md", "error_vs_flops.png", "units.png", "svd_log_alpha.png", "input_masks.png"):
         assert (out / name).is_file()
     dbb_cfg = json.loads((out / "seed0" / "dbb" / "config.json").read_text())
     assert dbb_cfg["init_from"].endswith("bb")
