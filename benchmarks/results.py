@@ -50,6 +50,36 @@ GAPS = [
 ]
 
 
+#: ``benchmarks/reproduce/<name>/``: committed output of ``pyro-sparse reproduce`` (table + figures), in this order
+REPRODUCE = ("lenet300", "lenet500", "lenet5", "lenet5_fashion")
+#: one line per gap between a reproduce table and the papers, keyed by the table's folder
+REPRODUCE_GAPS: dict[str, list[str]] = {}
+
+
+def _reproduce_section() -> list[str]:
+    """The ``pyro-sparse reproduce`` tables and figures copied to ``benchmarks/reproduce/<name>/``."""
+    lines = []
+    for name in REPRODUCE:
+        folder = HERE / "reproduce" / name
+        if not (folder / "table.md").is_file():
+            continue
+        if not lines:
+            lines = ["## `pyro-sparse reproduce`: the papers' tables at the `cpu` budget", "",
+                     "Each table is the unedited `table.md` written by the command above it (copied with its figures "
+                     "and `table.json` to `benchmarks/reproduce/<arch>/`; `table.json` lists every stage's "
+                     "`pyro-sparse train` command per seed). Error % is the median [range] over seeds; "
+                     "the measured CPU speed-up is each run's own end-of-training latency measurement (batch 1000), "
+                     "taken while a second training shared the 2 cores, so it is noisy; train time is wall-clock "
+                     "with two trainings at once (one torch thread each).", ""]
+        lines += [(folder / "table.md").read_text().rstrip(), ""]
+        figs = [f for f in ("error_vs_flops.png", "units.png", "svd_log_alpha.png", "input_masks.png")
+                if (folder / f).is_file()]
+        lines += [" ".join(f"![{name} {f[:-4]}](reproduce/{name}/{f})" for f in figs), ""]
+        if REPRODUCE_GAPS.get(name):
+            lines += ["Gaps to the papers:", "", *REPRODUCE_GAPS[name], ""]
+    return lines
+
+
 def _command(run: Path, cfg: dict) -> str:
     if cfg.get("command"):
         return cfg["command"]
@@ -164,6 +194,7 @@ def main():
                   "repeats, nothing else running). Repeated invocations of this script vary noticeably on this "
                   "machine for the small MLPs (SVD LeNet-300-100 at batch 1000: 1.80× in one run, 1.18× in the "
                   "next, ten minutes apart); the LeNet-500-300 SBP ratios stayed between 4.4× and 4.7×.", ""]
+    lines += _reproduce_section()
     lines += ["## Gaps to the papers, and why", "", *GAPS, ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -75,7 +75,12 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
                 if code:
                     raise SystemExit(code)
             per_method[method].append(json.loads((run_dir / "metrics.json").read_text()))
+    command = (f"pyro-sparse reproduce --arch {arch} --budget {budget} --dataset {dataset}"
+               + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}")
+    stages = {m: [json.loads((out / f"seed{s}" / m / "config.json").read_text()).get("command") for s in range(seeds)]
+              for m in methods}
     table = {"arch": arch, "dataset": dataset, "budget": budget, "seeds": seeds, "epochs": epochs,
+             "command": command, "stage_commands": stages,
              "rows": [_row(arch, dataset, m, runs) for m, runs in per_method.items()]}
     peer = _peer(arch, budget, epochs.get("svd", 1), dataset, data_root, seeds, out)
     if peer:
@@ -140,6 +145,8 @@ def markdown(table: dict) -> str:
              f"{table['seeds']} seed(s)", "",
              "| method | epochs | error % | units | FLOPs × | memory | compression × | CPU speed-up (b=1000) | "
              "train time | paper: error %, units, FLOPs ×, memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if table.get("command"):
+        lines[1:1] = ["", f"`{table['command']}`"]
     for r in table["rows"]:
         p = r["paper"]
         paper = "—" if not p else ", ".join("—" if v is None else str(v) for v in p)
