@@ -44,11 +44,14 @@ def _conv(method: str, ci: int, co: int, k: int) -> nn.Module:
 
 
 def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int,
-              mean: float = 0.0, std: float = 1.0, **unit_kwargs) -> PyroModule:
+              mean: float = 0.0, std: float = 1.0, train_clip: float | None = None, **unit_kwargs) -> PyroModule:
     """The network ``[B, *input_shape] -> logits [B, num_classes]`` as a ``PyroModule[nn.Sequential]``.
 
     :param input_shape: one example's shape, ``(1, 28, 28)`` for MNIST or ``(64,)`` for digits.
     :param mean, std: input standardisation (scalars, stored as buffers in the network).
+    :param train_clip: SVD only: log α threshold above which weights also leave the training-time mean
+        (:attr:`pyro_sparse.nn.SVDLinear.train_clip`); ``None`` (default) keeps every mean.
+    :param unit_kwargs: passed to every unit module (e.g. ``temperature`` for BB/DBB).
     :raises ValueError: unknown arch or method, or an input shape the arch cannot take.
     """
     if arch not in ARCHS:
@@ -87,6 +90,9 @@ def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes:
         layers[name] = _linear(method, sizes[i], sizes[i + 1])
         if i < len(sizes) - 2:
             layers[f"relu_{name}"] = nn.ReLU()
+    for layer in layers.values():
+        if isinstance(layer, SVDLinear | SVDConv2d):
+            layer.train_clip = train_clip
     return PyroModule[nn.Sequential](layers)
 
 
@@ -115,9 +121,9 @@ class Classifier(PyroModule):
 
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,
-                mean: float = 0.0, std: float = 1.0, **unit_kwargs) -> Classifier:
-    """Build the Pyro model of ``arch`` for ``method`` (see the module docstring)."""
-    net = build_net(arch, method, input_shape, num_classes, mean, std, **unit_kwargs)
+                mean: float = 0.0, std: float = 1.0, **net_kwargs) -> Classifier:
+    """Build the Pyro model of ``arch`` for ``method`` (see the module docstring; ``net_kwargs``: :func:`build_net`)."""
+    net = build_net(arch, method, input_shape, num_classes, mean, std, **net_kwargs)
     return Classifier(net, input_shape, num_data)
 
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"), default=None,
                    help="KL weight 0 before epoch START, 1 from epoch END (SVD on MNIST: 5 20)")
     t.add_argument("--weight-threshold", type=float, default=3.0, help="SVD: prune weights with log alpha >= this")
+    t.add_argument("--train-clip", action="store_true",
+                   help="SVD: weights past --weight-threshold also leave the training-time mean (reference code)")
     t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
     t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
@@ -127,6 +129,8 @@ def cmd_train(a) -> int:
         v = getattr(a, name)
         if v is not None and not v > 0:
             _fail(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if a.train_clip and a.method != "svd":
+        _fail(f"--train-clip applies to --method svd only, got --method {a.method}")
     if a.batch_size <= 0:
         _fail(f"--batch-size must be positive, got {a.batch_size}")
     _check_device(a.device)
@@ -155,10 +159,14 @@ def cmd_train(a) -> int:
             _fail(f"--subset must be positive, got {a.subset}")
         data = subset(data, a.subset)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
-    unit_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
+    net_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
+    if a.train_clip and a.method == "svd":
+        net_kwargs["train_clip"] = a.weight_threshold
+    if a.resume:  # the model is rebuilt as the run was started
+        net_kwargs = saved.get("net_kwargs", saved.get("unit_kwargs", {}))
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
-                            data.mean, data.std, **unit_kwargs)
+                            data.mean, data.std, **net_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
     init_guide = {}
@@ -189,7 +197,7 @@ def cmd_train(a) -> int:
     if not a.resume:
         cfg_json = {**identity, "command": _command_line(a),
                     "init_from": a.init_from, "data_root": a.data_root,
-                    "config": vars(cfg), "unit_kwargs": unit_kwargs}
+                    "config": vars(cfg), "net_kwargs": net_kwargs}
         (out / "config.json").write_text(json.dumps(cfg_json, indent=1))
     try:
         metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,

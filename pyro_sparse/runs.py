@@ -24,7 +24,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         raise FileNotFoundError(f"{run_dir} holds no run (config.json missing)")
     cfg = json.loads(cfg_path.read_text())
     ckpt = load_checkpoint(run_dir)
-    model = build_model(cfg["arch"], cfg["method"], INPUT_SHAPES[cfg["dataset"]], 10, **cfg.get("unit_kwargs", {}))
+    model = build_model(cfg["arch"], cfg["method"], INPUT_SHAPES[cfg["dataset"]], 10, 
+                        **cfg.get("net_kwargs", cfg.get("unit_kwargs", {})))
     guide = MeanFieldGuide(model)
     model.load_state_dict(ckpt["model"])
     guide.load_state_dict(ckpt["guide"])

@@ -52,3 +52,27 @@ def test_local_sample_draws_per_example():
     draws = local_sample(theta, 1000)
     assert draws.shape == (1000, 6)
     assert draws.std(0).min() > 0.9
+
+
+def test_train_clip_drops_pruned_weights_from_the_mean_only():
+    """``clip_threshold``: weights with log α >= threshold leave the mean (no gradient through it), keep their
+    variance — the reference code's train_clip."""
+    torch.manual_seed(2)
+    loc = torch.tensor([[1.0, 0.01, -0.5], [0.02, 2.0, 0.3]], requires_grad=True)
+    scale = torch.full((2, 3), 0.1)
+    pruned = (2 * scale.log() - (loc.detach() ** 2 + 1e-8).log()) >= 3.0
+    assert pruned.tolist() == [[False, True, False], [True, False, False]]
+    x = torch.randn(100_000, 3)
+    w = _tagged(dist.Normal(loc, scale))
+    out = linear(x, w, clip_threshold=3.0)
+    kept = torch.where(pruned, 0.0, loc.detach())
+    resid = out.detach() - x @ kept.T
+    assert torch.allclose(resid.mean(0), torch.zeros(2), atol=0.01)  # mean: pruned weights zeroed
+    assert torch.allclose(resid.var(0), (x**2).mean(0) @ (scale**2).T, rtol=0.03)  # variance: all weights
+    out.sum().backward()
+    grad_mean = x.sum(0).expand(2, 3)
+    assert torch.allclose(loc.grad[~pruned], grad_mean[~pruned])
+    assert torch.all(loc.grad[pruned] == 0)
+    conv_w = _tagged(dist.Normal(loc.detach().reshape(2, 3, 1, 1), scale.reshape(2, 3, 1, 1)))
+    conv_out = conv2d(x[:4].reshape(4, 3, 1, 1), conv_w, clip_threshold=3.0)
+    assert conv_out.shape == (4, 2, 1, 1)

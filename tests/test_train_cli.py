@@ -81,6 +81,7 @@ def test_cli_train_evaluate_digits(tmp_path, capsys):
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "0"], "--epochs must be"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr-latent", "0"], "--lr-latent must be"),
+        (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--train-clip"], "--train-clip applies to"),
         (["--method", "svd", "--arch", "lenet300", "--dataset", "mnist", "--data-root", "/nonexistent"],
          "train-images-idx3-ubyte"),
     ],

@@ -23,6 +23,8 @@ class _SVDMixin:
 
     #: site attribute holding the latent weight
     latent_sites = ("weight",)
+    #: if set, weights with ``log α >= train_clip`` leave the training-time mean too (reference code's train_clip)
+    train_clip: float | None = None
 
     def weight_mask(self, q, threshold: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Test-time weights from the Gaussian posterior ``q = N(θ, σ²)`` (batch shape = weight shape).
@@ -38,7 +40,8 @@ class SVDLinear(PyroModule, _SVDMixin):
     """Linear layer ``y = x Wᵀ + b`` whose weight ``W [out, in]`` has the LogUniform prior; ``b`` is a point estimate.
 
     In training the pre-activation is sampled with the local reparameterisation trick
-    (:func:`pyro_sparse.poutine.linear`). ``weight_init`` (not saved) seeds the guide's θ.
+    (:func:`pyro_sparse.poutine.linear`). ``weight_init`` (not saved) seeds the guide's θ. ``train_clip`` (a log α
+    threshold, default ``None``: off) also drops the pruned weights from the training-time mean.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -50,7 +53,7 @@ class SVDLinear(PyroModule, _SVDMixin):
         self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_ops.linear(x, self.weight, self.bias)
+        return local_ops.linear(x, self.weight, self.bias, clip_threshold=self.train_clip)
 
 
 class SVDConv2d(PyroModule, _SVDMixin):
@@ -68,4 +71,5 @@ class SVDConv2d(PyroModule, _SVDMixin):
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_ops.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        return local_ops.conv2d(x, self.weight, self.bias, clip_threshold=self.train_clip, stride=self.stride,
+                                padding=self.padding)

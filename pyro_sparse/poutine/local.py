@@ -70,25 +70,44 @@ def _variance(q: Normal) -> torch.Tensor:
     return q.scale * q.scale if log_var is None else log_var.exp()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _mean_weight(q: Normal, clip_threshold: float | None) -> torch.Tensor:
+    """θ, with the weights already pruned (``log α >= clip_threshold``) zeroed if a threshold is given.
+
+    The zeroed entries get no gradient through the mean (they still add their variance): the SVD reference code's
+    ``train_clip`` (Molchanov et al. 2017), which makes the training-time mean network the pruned test-time network.
+    """
+    if clip_threshold is None:
+        return q.loc
+    from ..distributions import log_alpha
+
+    pruned = log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)).detach() >= clip_threshold
+    return q.loc.masked_fill(pruned, 0.0)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           clip_threshold: float | None = None) -> torch.Tensor:
     """``F.linear`` with the local reparameterisation trick for a tagged Gaussian ``weight`` ``[out, in]``.
 
     :param x: ``[B, in]``. :returns: ``[B, out]``.
+    :param clip_threshold: if given, weights with ``log α >= clip_threshold`` drop out of the mean (see
+        :func:`_mean_weight`); their variance stays.
     """
     q = local_distribution(weight)
     if not isinstance(q, Normal):
         return F.linear(x, weight, bias)
-    mean = F.linear(x, q.loc, bias)
+    mean = F.linear(x, _mean_weight(q, clip_threshold), bias)
     var = F.linear(x * x, _variance(q))
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-    """``F.conv2d`` with the local reparameterisation trick (mean ``conv(x, θ)``, variance ``conv(x², σ²)``)."""
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           clip_threshold: float | None = None, **kwargs) -> torch.Tensor:
+    """``F.conv2d`` with the local reparameterisation trick (mean ``conv(x, θ)``, variance ``conv(x², σ²)``);
+    ``clip_threshold`` as in :func:`linear`."""
     q = local_distribution(weight)
     if not isinstance(q, Normal):
         return F.conv2d(x, weight, bias, **kwargs)
-    mean = F.conv2d(x, q.loc, bias, **kwargs)
+    mean = F.conv2d(x, _mean_weight(q, clip_threshold), bias, **kwargs)
     var = F.conv2d(x * x, _variance(q), None, **kwargs)
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
