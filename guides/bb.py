@@ -1,16 +1,18 @@
 """Guide family of beta-Bernoulli dropout: a Kumaraswamy per unit gate probability (Lee et al. 2018, Sec. 3.2).
 
 q(π_k) = Kumaraswamy(a_k, b_k), a = softplus(a_uc), b = softplus(b_uc); reference init a_uc = −1, b_uc = 0.5413
-(b ≈ 1). Matches the ``Beta(α/K, 1)`` prior; the KL is registered in ``pyro_sparse.distributions.kl``.
+(b ≈ 1); samples through the log-space sampler of ``pyro_sparse.distributions.Kumaraswamy``. Matches the
+``Beta(α/K, 1)`` prior; the KL is registered in ``pyro_sparse.distributions.kl``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Kumaraswamy
 from pyro.nn import PyroModule
 from torch import nn
+
+from pyro_sparse.distributions import Kumaraswamy
 
 
 class KumaraswamyUnits(PyroModule):

@@ -2,10 +2,12 @@
 
 from . import kl
 from .kl import kl_normal_log_uniform_from_log_alpha, kumaraswamy_expected_log1m, log_alpha
+from .kumaraswamy import Kumaraswamy
 from .log_uniform import LogUniform
 from .truncated import TruncatedLogNormal, TruncatedLogUniform
 
 __all__ = [
+    "Kumaraswamy",
     "LogUniform",
     "TruncatedLogNormal",
     "TruncatedLogUniform",

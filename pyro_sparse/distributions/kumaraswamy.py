@@ -1,0 +1,32 @@
+"""Kumaraswamy with a log-space reparameterised sampler (the BB guide's family for π; Lee et al. 2018, Sec. 3.2)."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import Kumaraswamy as _Kumaraswamy
+
+#: u is drawn from U(EPS, 1 − EPS) so that log u and log(1 − u^{1/b}) stay finite
+EPS = 1e-6
+
+
+class Kumaraswamy(_Kumaraswamy):
+    """``Kumaraswamy(a, b)`` (``a`` = ``concentration1``, ``b`` = ``concentration0``) whose ``rsample`` is
+    ``π = exp(log(−expm1(log u / b)) / a)``, ``u ~ U(EPS, 1 − EPS)``: the inverse CDF ``(1 − u^{1/b})^{1/a}`` computed
+    in log space.
+
+    torch's transform chain computes the same value directly; when ``1 − u^{1/b}`` rounds to 0 (large ``b``) or
+    ``π`` underflows (small ``a``), its gradient is ``0·∞ = NaN`` and one such draw poisons every gate parameter.
+    Here every intermediate is finite for ``a, b`` in ``[1e-8, 1e8]``. Same distribution, so it keeps torch's
+    registered KLs (``register_kl(Kumaraswamy, Beta)`` in :mod:`pyro_sparse.distributions.kl`) and its moments.
+    Shapes: ``rsample(sample_shape)`` → ``sample_shape + batch_shape``, values in ``[0, 1]``.
+    """
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        a, b = self.concentration1, self.concentration0
+        u = torch.rand(shape, dtype=a.dtype, device=a.device).clamp(EPS, 1 - EPS)
+        return (torch.log(-torch.expm1(torch.log(u) / b)) / a).exp()
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
