@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
-RUN_ORDER = ("dense", "svd", "svd2", "sbp", "sbp2", "sbp3", "sbp4", "sbp5", "bb", "bb2", "bb3", "dbb")
+RUN_ORDER = ("dense", "svd", "svd2", "svdclip", "sbp", "sbp2", "sbp3", "sbp4", "sbp5", "bb", "bb2", "bb3", "bb4", "bb5",
+             "bb6", "dbb", "dbb2")
 
 
 def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
@@ -146,7 +147,7 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("2345"))  # sbp2, sbp3, bb2: continuations of sbp / bb
+            paper = _paper(arch, method.rstrip("23456").removesuffix("clip"))  # sbp2, bb2: continuations
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
@@ -162,6 +163,8 @@ def main():
             speed = lat["speedup_b1000"] if lat else m.get("speedup_measured_b1000")
             dagger = "" if lat or speed is None else "†"
             label, epochs = m["method"], str(m["epochs"])
+            if cfg.get("net_kwargs", {}).get("train_clip") is not None:
+                label += " (train clip)"
             parent = Path(cfg["init_from"]) if cfg.get("init_from") else None
             stages = [m["epochs"]]
             while parent is not None and (parent / "config.json").is_file():  # continued runs: count every stage
@@ -171,7 +174,7 @@ def main():
                 stages.insert(0, pcfg["epochs"])
                 parent = Path(pcfg["init_from"]) if pcfg.get("init_from") else None
             if len(stages) > 1:
-                label, epochs = f"{m['method']} (continued)", "+".join(map(str, stages))
+                label, epochs = f"{label} (continued)", "+".join(map(str, stages))
             table.append(
                 f"| {label} | {m['test_error']:.2f} ({paper[0]}) | {_fmt_units(m['units'])} ({paper[1]}) | "
                 f"{m['flops_speedup']:.2f} ({paper[2]}) | {100 * m['memory_fraction']:.2f}% ({paper[3]}) | "
