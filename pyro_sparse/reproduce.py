@@ -92,8 +92,10 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
     return table
 
 
-def _peer(arch, budget, epochs, dataset, data_root, seeds, out: Path) -> list[dict]:
-    """The pytorch-ard peer per seed (cached in ``OUT/seed<S>/peer.json``); empty if the package is missing."""
+def _peer(arch, budget, epochs, dataset, data_root, seeds: int | list[int], out: Path) -> list[dict]:
+    """The pytorch-ard peer per seed (cached in ``OUT/seed<S>/peer.json``); empty if the package is missing.
+
+    ``seeds``: how many (seeds 0 … N−1), or the seeds themselves (to fill the caches from parallel processes)."""
     try:
         import torch_ard  # noqa: F401
     except ImportError:
@@ -106,7 +108,7 @@ def _peer(arch, budget, epochs, dataset, data_root, seeds, out: Path) -> list[di
     if budget == "smoke":
         data = subset(data, SMOKE_SUBSET)
     rows = []
-    for seed in range(seeds):
+    for seed in range(seeds) if isinstance(seeds, int) else seeds:
         cache = out / f"seed{seed}" / "peer.json"
         if not cache.is_file():
             scratch = arch == "lenet300"  # same protocol as our SVD row (the peer has no dense init)
