@@ -79,7 +79,8 @@ def _reproduce_section() -> list[str]:
                      "the measured CPU speed-up is each run's own end-of-training latency measurement (batch 1000), "
                      "taken while other trainings shared the 2 cores, so it is noisy; train time and s / epoch are "
                      "wall-clock with two to seven trainings at once (one torch thread each), so they compare rows "
-                     "only roughly. Seed-0 stages of LeNet-500-300 and LeNet-5 and the LeNet-300-100 dense and SVD "
+                     "only roughly. The seed-0 dense, SBP, BB and DBB stages of LeNet-500-300 and LeNet-5 and the "
+                     "LeNet-300-100 dense and SVD "
                      "stages are the single-seed runs of the tables above, copied into the reproduce folder (same "
                      "commands; `table.json` lists them).", ""]
         lines += [(folder / "table.md").read_text().rstrip(), ""]
