@@ -185,7 +185,10 @@ def main():
                 stages.insert(0, pcfg["epochs"])
                 parent = Path(pcfg["init_from"]) if pcfg.get("init_from") else None
             if len(stages) > 1:
-                label, epochs = f"{label} (continued)", "+".join(map(str, stages))
+                clip = " (train clip in the last stage)" if label.endswith("(train clip)") else ""
+                label, epochs = f"{m['method']} (continued){clip}", "+".join(map(str, stages))
+            if m["method"] == "dbb" and cfg.get("init_from"):
+                label += f" (from {Path(cfg['init_from']).name})"
             table.append(
                 f"| {label} | {m['test_error']:.2f} ({paper[0]}) | {_fmt_units(m['units'])} ({paper[1]}) | "
                 f"{m['flops_speedup']:.2f} ({paper[2]}) | {100 * m['memory_fraction']:.2f}% ({paper[3]}) | "
