@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-root", default=None)
     rp.add_argument("--out", required=True)
     rp.add_argument("--seeds", type=int, default=1)
+    rp.add_argument("--no-peer", action="store_true", help="leave out the pytorch-ard peer")
     r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
     r.add_argument("run_dir")
     e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
@@ -278,7 +279,7 @@ def cmd_reproduce(a) -> int:
 
     if a.seeds < 1:
         _fail(f"--seeds must be >= 1, got {a.seeds}")
-    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds)
+    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer)
     from .reproduce import markdown
 
     print(markdown(table))

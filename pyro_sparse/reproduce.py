@@ -56,8 +56,10 @@ def _stage_args(arch: str, method: str, epochs: int, seed: int, dataset: str, da
 
 
 def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_root: str | None = None,
-        seeds: int = 1, methods: tuple[str, ...] = METHODS) -> dict:
-    """Run (or reuse) every stage for ``seeds`` seeds and write the table and plots to ``out``; returns the table."""
+        seeds: int = 1, methods: tuple[str, ...] = METHODS, peer: bool = True) -> dict:
+    """Run (or reuse) every stage for ``seeds`` seeds and write the table and plots to ``out``; returns the table.
+
+    ``peer=False`` (``--no-peer``) leaves out the ``pytorch-ard`` peer row."""
     from .cli import main as cli
 
     out = Path(out)
@@ -76,15 +78,16 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
                     raise SystemExit(code)
             per_method[method].append(json.loads((run_dir / "metrics.json").read_text()))
     command = (f"pyro-sparse reproduce --arch {arch} --budget {budget} --dataset {dataset}"
-               + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}")
+               + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}"
+               + ("" if peer else " --no-peer"))
     stages = {m: [json.loads((out / f"seed{s}" / m / "config.json").read_text()).get("command") for s in range(seeds)]
               for m in methods}
     table = {"arch": arch, "dataset": dataset, "budget": budget, "seeds": seeds, "epochs": epochs,
              "command": command, "stage_commands": stages,
              "rows": [_row(arch, dataset, m, runs) for m, runs in per_method.items()]}
-    peer = _peer(arch, budget, epochs.get("svd", 1), dataset, data_root, seeds, out)
-    if peer:
-        table["rows"].append(_row(arch, dataset, "pytorch-ard (peer)", peer))
+    peer_rows = _peer(arch, budget, epochs.get("svd", 1), dataset, data_root, seeds, out) if peer else []
+    if peer_rows:
+        table["rows"].append(_row(arch, dataset, "pytorch-ard (peer)", peer_rows))
     (out / "table.json").write_text(json.dumps(table, indent=1))
     (out / "table.md").write_text(markdown(table))
     plot(table, out)
