@@ -140,8 +140,9 @@ def input_mask(model, guide) -> np.ndarray:
     return keep
 
 
-def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28), ax=None):
-    """Kept input pixels as an image (as in the SBP / BB papers' figures); draws on ``ax`` if given."""
+def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28), ax=None, label: str = "kept input pixels"):
+    """Kept input pixels as an image (as in the SBP / BB papers' figures); draws on ``ax`` if given, titled
+    ``"{label}: kept/total"``."""
     import matplotlib.pyplot as plt
 
     keep = input_mask(model, guide)
@@ -151,7 +152,7 @@ def plot_input_mask(model, guide, image_shape: tuple[int, int] = (28, 28), ax=No
     if ax is None:
         fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(keep.reshape(image_shape), cmap="gray")
-    ax.set_title(f"kept input pixels: {keep.sum()}/{keep.size}", fontsize=9)
+    ax.set_title(f"{label}: {keep.sum()}/{keep.size}", fontsize=9)
     ax.axis("off")
     return fig or ax.figure
 

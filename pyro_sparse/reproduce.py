@@ -223,9 +223,8 @@ def plot_posteriors(arch: str, seed_dir: Path, methods: list[str], out: Path) ->
     if arch in ("lenet300", "lenet500") and runs:
         fig, axes = plt.subplots(1, len(runs), figsize=(2.4 * len(runs), 2.7), squeeze=False)
         for ax, (method, (model, guide)) in zip(axes[0], runs.items(), strict=True):
-            plot_input_mask(model, guide, ax=ax)
-            ax.set_title(f"{method}: {ax.get_title().split(': ')[1]} pixels", fontsize=9)
-        fig.suptitle(f"{arch}: kept input pixels (white)", fontsize=9)
+            plot_input_mask(model, guide, ax=ax, label=method)
+        fig.suptitle(f"{arch}: kept input pixels (white), kept/total", fontsize=9)
         fig.tight_layout()
         written.append(out / "input_masks.png")
         fig.savefig(written[-1], dpi=110)
