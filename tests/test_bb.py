@@ -157,6 +157,8 @@ def test_kumaraswamy_log_space_sampler_is_exact_and_has_finite_gradients():
     for p in (0.1, 0.5, 0.9):
         cdf = 1 - (1 - torch.tensor(p) ** a) ** b
         assert torch.allclose((x <= p).float().mean(0), cdf, atol=5e-3)
+    prior = dist.Beta(torch.full((3,), 0.5), torch.full((3,), 2.0))
+    assert torch.equal(kl_divergence(Kumaraswamy(a, b), prior), kl_divergence(dist.Kumaraswamy(a, b), prior))
     grid = torch.tensor([1e-4, 1e-2, 1.0, 10.0, 1e4])
     A, B = torch.meshgrid(grid, grid, indexing="ij")
     a, b = A.flatten().requires_grad_(), B.flatten().requires_grad_()
