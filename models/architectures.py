@@ -20,7 +20,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_sparse.nn import BBGate, DBBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear
+from pyro_sparse.nn import BBGate, DBBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear, set_train_clip
 
 ARCHS = ("logreg", "lenet300", "lenet500", "lenet5")
 METHODS = ("dense", "svd", "sbp", "bb", "dbb")
@@ -90,10 +90,9 @@ def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes:
         layers[name] = _linear(method, sizes[i], sizes[i + 1])
         if i < len(sizes) - 2:
             layers[f"relu_{name}"] = nn.ReLU()
-    for layer in layers.values():
-        if isinstance(layer, SVDLinear | SVDConv2d):
-            layer.train_clip = train_clip
-    return PyroModule[nn.Sequential](layers)
+    net = PyroModule[nn.Sequential](layers)
+    set_train_clip(net, train_clip)
+    return net
 
 
 class Classifier(PyroModule):

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-threshold", type=float, default=3.0, help="SVD: prune weights with log alpha >= this")
     t.add_argument("--train-clip", action="store_true",
                    help="SVD: weights past --weight-threshold also leave the training-time mean (reference code)")
+    t.add_argument("--train-clip-from", type=int, default=None, metavar="EPOCH",
+                   help="SVD: as --train-clip, but only from EPOCH on (0-based, like --warmup; e.g. 180 of 200)")
     t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
     t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
@@ -98,7 +100,7 @@ def _train_config(a, epochs: int):
         weight_decay=a.weight_decay if a.weight_decay is not None else d.get("weight_decay", 0.0),
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
-        measure_latency=not a.no_latency,
+        measure_latency=not a.no_latency, train_clip_from=a.train_clip_from,
     )
 
 
@@ -130,14 +132,17 @@ def cmd_train(a) -> int:
         v = getattr(a, name)
         if v is not None and not v > 0:
             _fail(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if a.train_clip and a.method != "svd":
-        _fail(f"--train-clip applies to --method svd only, got --method {a.method}")
+    for flag, value in (("--train-clip", a.train_clip), ("--train-clip-from", a.train_clip_from is not None)):
+        if value and a.method != "svd":
+            _fail(f"{flag} applies to --method svd only, got --method {a.method}")
+    if a.train_clip and a.train_clip_from is not None:
+        _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
     if a.batch_size <= 0:
         _fail(f"--batch-size must be positive, got {a.batch_size}")
     _check_device(a.device)
     out = Path(a.out)
     identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset}
+                "subset": a.subset, "train_clip_from": a.train_clip_from}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():

@@ -164,3 +164,25 @@ def test_kumaraswamy_log_space_sampler_is_exact_and_has_finite_gradients():
     a, b = A.flatten().requires_grad_(), B.flatten().requires_grad_()
     Kumaraswamy(a, b).rsample((20_000,)).clamp(1e-6, 1 - 1e-6).sum().backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_dbb_gamma_trains_with_the_gate_learning_rate():
+    """DBB's point-estimated γ is a gate parameter: it joins the guide's group (``lr_latent``, no weight decay), the
+    weights keep ``lr`` and the weight decay."""
+    from guides import MeanFieldGuide
+    from models import build_model
+    from pyro_sparse.infer import TrainConfig, make_optimizer
+
+    model = build_model("lenet500", "dbb", (1, 28, 28), 10, 100)
+    guide = MeanFieldGuide(model)
+    guide(torch.rand(2, 1, 28, 28))
+    opt = make_optimizer(model, guide, TrainConfig(lr=1e-3, lr_latent=1e-2, weight_decay=1e-4))
+    groups = {g["name"]: g for g in opt.param_groups}
+    gammas = {id(m.gamma) for m in model.modules() if hasattr(m, "gamma")}
+    assert len(gammas) == 3
+    assert gammas <= {id(p) for p in groups["latent"]["params"]}
+    assert not gammas & {id(p) for p in groups["weights"]["params"]}
+    assert groups["latent"]["lr"] == 1e-2 and groups["latent"]["weight_decay"] == 0.0
+    assert groups["weights"]["weight_decay"] == 1e-4
+    n_all = sum(1 for p in model.parameters()) + sum(1 for p in guide.parameters())
+    assert sum(len(g["params"]) for g in opt.param_groups) == n_all

@@ -16,13 +16,13 @@ from pyro_sparse.infer import TrainConfig, fit
 from pyro_sparse.metrics import classification_error
 
 
-def _digits_run(tmp, epochs=2, callback=None, resume=False):
+def _digits_run(tmp, epochs=2, callback=None, resume=False, **cfg_kwargs):
     data = subset(load_dataset("digits"), 400, 200)
     torch.manual_seed(0)
     model = build_model("logreg", "svd", data.input_shape, 10, mean=data.mean, std=data.std)
     guide = MeanFieldGuide(model)
     cfg = TrainConfig(epochs=epochs, batch_size=50, lr=1e-2, lr_schedule="linear", warmup_start=0, warmup_end=1,
-                      measure_latency=False)
+                      measure_latency=False, **cfg_kwargs)
     tmp.mkdir(exist_ok=True)
     metrics = fit(model, guide, data, cfg, tmp, resume=resume, progress=False, callback=callback)
     return model, guide, metrics
@@ -71,6 +71,22 @@ def test_cli_train_evaluate_digits(tmp_path, capsys):
         metrics["test_error"])
 
 
+def test_train_clip_from_switches_clipping_on_at_that_epoch():
+    """``train_clip_from=2``: epochs 0 and 1 train without clipping, epochs 2 and 3 with it (at the weight
+    threshold)."""
+    data = subset(load_dataset("digits"), 400, 200)
+    torch.manual_seed(0)
+    model = build_model("logreg", "svd", data.input_shape, 10, mean=data.mean, std=data.std)
+    seen = []
+
+    def record_clip(record):
+        seen.append({m.train_clip for m in model.modules() if hasattr(m, "train_clip")})
+
+    cfg = TrainConfig(epochs=4, batch_size=50, lr=1e-2, measure_latency=False, train_clip_from=2, weight_threshold=2.5)
+    fit(model, MeanFieldGuide(model), data, cfg, None, progress=False, callback=record_clip)
+    assert seen == [{None}, {None}, {2.5}, {2.5}]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -82,6 +98,12 @@ def test_cli_train_evaluate_digits(tmp_path, capsys):
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr-latent", "0"], "--lr-latent must be"),
         (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--train-clip"], "--train-clip applies to"),
+        (["--method", "bb", "--arch", "logreg", "--dataset", "digits", "--train-clip-from", "3"],
+         "--train-clip-from applies to"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--train-clip", "--train-clip-from", "3"],
+         "exclude each other"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--train-clip-from", "-1"],
+         "train-clip-from must be an epoch >= 0"),
         (["--method", "svd", "--arch", "lenet300", "--dataset", "mnist", "--data-root", "/nonexistent"],
          "train-images-idx3-ubyte"),
     ],

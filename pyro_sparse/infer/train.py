@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..compress import compress, save_compressed
 from ..data import Dataset
 from ..metrics import classification_error, latency_report, summarize
+from ..nn import set_train_clip
 from .elbo import SparseELBO
 
 CHECKPOINT = "checkpoint.pt"
@@ -49,6 +50,9 @@ class TrainConfig:
         ``step`` (×0.1 at 50% and 80% of the epochs).
     :ivar warmup_start, warmup_end: KL weight β is 0 before epoch ``warmup_start`` and rises linearly to 1 at
         ``warmup_end`` (equal values: no warm-up).
+    :ivar train_clip_from: SVD only: from this epoch on (0-based, like ``warmup_start``) weights with
+        log α ≥ ``weight_threshold`` also leave the training-time mean (:func:`pyro_sparse.nn.set_train_clip`, the
+        reference code's ``train_clip``); before it clipping is off. ``None``: the model's own setting is kept.
     """
 
     epochs: int = 200
@@ -65,6 +69,7 @@ class TrainConfig:
     weight_threshold: float = 3.0
     unit_threshold: float | None = None
     measure_latency: bool = True
+    train_clip_from: int | None = None
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs <= 0:
@@ -77,6 +82,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.train_clip_from is not None and self.train_clip_from < 0:
+            raise ValueError(f"train-clip-from must be an epoch >= 0, got {self.train_clip_from}")
         if self.warmup_end < self.warmup_start:
             raise ValueError(f"warmup_end ({self.warmup_end}) must be >= warmup_start ({self.warmup_start})")
 
@@ -125,13 +132,16 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
 
 def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam with the two parameter groups ``weights`` (model point estimates, with weight decay) and ``latent``
-    (guide parameters); parameters with ``requires_grad=False`` are left out."""
-    def trainable(module):
-        return [p for p in module.parameters() if p.requires_grad]  # frozen parameters (DBB's BB guide) stay put
-
+    (guide parameters, plus the model's point-estimated gate parameters that a module lists in its
+    ``gate_parameters`` attribute, e.g. DBB's γ; no weight decay); parameters with ``requires_grad=False`` are left
+    out (DBB's frozen BB guide)."""
+    gate = {id(getattr(m, name)) for m in model.modules() for name in getattr(m, "gate_parameters", ())}
+    model_params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": trainable(model), "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
-        {"params": trainable(guide), "lr": cfg.lr_latent or cfg.lr, "weight_decay": 0.0, "name": "latent"},
+        {"params": [p for p in model_params if id(p) not in gate], "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+         "name": "weights"},
+        {"params": [p for p in model_params if id(p) in gate] + [p for p in guide.parameters() if p.requires_grad],
+         "lr": cfg.lr_latent or cfg.lr, "weight_decay": 0.0, "name": "latent"},
     ]
     return torch.optim.Adam([g for g in groups if g["params"]])
 
@@ -177,6 +187,8 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
         torch.manual_seed(seed)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
         elbo.kl_weight = cfg.kl_weight(epoch)
+        if cfg.train_clip_from is not None:
+            set_train_clip(model, cfg.weight_threshold if epoch >= cfg.train_clip_from else None)
         model.train()
         guide.train()
         tot_loss = tot_nll = 0.0

@@ -36,6 +36,9 @@ class DBBGate(BBGate):
     """
 
     dynamic = True
+    #: point estimates trained with the gate learning rate (``lr_latent``), without weight decay: γ sets how sharply
+    #: the keep probability follows the input (the reference code trains it with the other dropout variables)
+    gate_parameters = ("gamma",)
 
     def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1, rho2: float = 5.0,
                  eps: float = 1e-6, momentum: float = 0.1):

@@ -36,6 +36,18 @@ class _SVDMixin:
         return torch.where(keep, q.loc, torch.zeros_like(q.loc)).detach(), keep
 
 
+def set_train_clip(module: torch.nn.Module, threshold: float | None) -> int:
+    """Set :attr:`SVDLinear.train_clip` / :attr:`SVDConv2d.train_clip` of every SVD layer in ``module``.
+
+    :param threshold: log α above which weights leave the training-time mean; ``None`` switches clipping off.
+    :returns: the number of SVD layers changed (0 for a network without SVD layers).
+    """
+    layers = [m for m in module.modules() if isinstance(m, _SVDMixin)]
+    for m in layers:
+        m.train_clip = threshold
+    return len(layers)
+
+
 class SVDLinear(PyroModule, _SVDMixin):
     """Linear layer ``y = x Wᵀ + b`` whose weight ``W [out, in]`` has the LogUniform prior; ``b`` is a point estimate.
 
