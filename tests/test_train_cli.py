@@ -175,3 +175,14 @@ def test_reproduce_smoke(mnist_root, tmp_path, capsys):
     dbb_cfg = json.loads((out / "seed0" / "dbb" / "config.json").read_text())
     assert dbb_cfg["init_from"].endswith("bb")
     assert "| dense | 1 |" in capsys.readouterr().out
+
+
+def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
+    """LeNet-300-100's SVD stage (from scratch, 200 epochs) switches train-time clipping on at epoch 180; stages from
+    a dense net, and short smoke stages, do not clip."""
+    from pyro_sparse.reproduce import _stage_args
+
+    args = _stage_args("lenet300", "svd", 200, 0, "mnist", None, tmp_path, "cpu")
+    assert args[args.index("--train-clip-from") + 1] == "180" and "--init-from" not in args
+    assert "--train-clip-from" not in _stage_args("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
+    assert "--train-clip-from" not in _stage_args("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")

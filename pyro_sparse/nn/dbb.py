@@ -3,8 +3,8 @@
 The keep probability of unit k depends on the input: ``π_k(x) = π_k · clamp(γ_k (h_k − μ_k)/s_k + β_k, ε, 1 − ε)``,
 with ``h`` the unit's value (global-average-pooled for conv channels), ``μ, s`` running statistics of ``h``, ``γ`` a
 point estimate and ``β ~ N(0, ρ²)`` a latent with a Gaussian guide (ρ² = 5). As in the authors' code, ``h`` enters
-the gate through a stop-gradient and γ trains with the gate learning rate (``gate_parameters``). ``π ~ Beta(α/K, 1)`` as in BB; in the
-two-stage protocol its guide comes frozen from a BB run (``--method dbb --init-from BB_RUN``).
+the gate through a stop-gradient and γ trains with the gate learning rate (``gate_parameters``). ``π ~ Beta(α/K, 1)``
+as in BB; in the two-stage protocol its guide comes frozen from a BB run (``--method dbb --init-from BB_RUN``).
 
 At test time (Eq. 24) the gate is ``E[π_k] · clamp(γ_k (h_k − μ_k)/s_k + E[β_k], ε, 1 − ε)``, zeroed where it falls
 below the pruning threshold, so the active units differ per example (:class:`DynamicGate`).
