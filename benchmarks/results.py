@@ -43,7 +43,7 @@ def _paper(arch: str, method: str) -> tuple[str, str, str, str, str]:
 
 GAPS = [
     "- **Epoch budgets.** The papers train every sparsification stage for 200 epochs; on 2 shared CPU cores these "
-    "sessions ran 20–180 epochs (LeNet-500-300) and 5–20 (LeNet-5). Unit counts were still falling when each run "
+    "sessions ran 20–180 epochs (LeNet-500-300) and 5–60 (LeNet-5). Unit counts were still falling when each run "
     "ended (continuation rows): SBP on LeNet-500-300 went 5.3× → 7.3× → 8.6× → 9.8× → 10.4× FLOPs over 180 "
     "epochs (SBP's own README: 11.2×; BB paper's SBP row: 18.3×); the LeNet-5 runs stopped far earlier in that "
     "curve — a budget gap, not a measured ceiling.",
@@ -65,13 +65,15 @@ GAPS = [
     "to 5e-2 gave 31.6× at 1.76%, 3e-2 for 30 epochs 24.0× at 1.52%, and 3e-2 for 40 epochs 29.7× at 1.41%. DBB "
     "keeps its BB run's π (frozen, by design) and so its static width (248-165-70); the per-example gates save "
     "FLOPs only for an implementation that skips gated units per example: our compact DBB network runs dense "
-    "matmuls over the static units, so its measured CPU speed-up (2.8×) is that of the BB width.",
-    "- **LeNet-5 (BB 0.63% at 1.30×, DBB 0.69% at 1.35×, SBP 0.71% at 1.66×; papers 2.9×, 3.0×, 5.5×).** Errors "
-    "and memory (BB 14.4% vs 16.2%) match the papers, but conv channels are barely pruned in 20–40 epochs: every "
-    "conv1 channel keeps E[π] > 0.5 (BB) or SNR ≫ 1 (SBP, whose conv1 noise moved to loc ≈ 2 above the "
-    "truncation, i.e. almost deterministic) while the fc layers shrink 4–6×. The FLOPs are in the convolutions, so "
-    "the speed-up follows the channel counts. A 200-epoch SBP stage (the papers' budget) was started this session "
-    "(`runs/sbp4_lenet5_mnist`, resumable).",
+    "matmuls over the static units, so its measured CPU speed-up (2.4× at batch 1000; 2.8× for the BB network it "
+    "came from) is that of the BB width.",
+    "- **LeNet-5 (BB 0.66% at 1.45×, DBB 0.60% at 1.59×, SBP 0.71% at 1.66×; papers 2.9×, 3.0×, 5.5×).** "
+    "Errors and memory (BB and DBB 10.2% vs 16.2% / 14.8%) meet the papers', but conv channels are barely pruned "
+    "in 20–60 epochs: every conv1 channel keeps E[π] > 0.5 (BB) or SNR ≫ 1 (SBP, whose conv1 noise moved to "
+    "loc ≈ 2 above the truncation b = 0, i.e. almost deterministic) while the fc layers shrink 4–6×. The FLOPs are "
+    "in the convolutions, so the speed-up follows the channel counts. A 160-epoch SBP stage (200 SBP epochs in "
+    "all, the papers' budget) is under way (`runs/sbp4_lenet5_mnist`, resumable); at epoch 81 it had 18-30-89-42 "
+    "units at 0.9–1.2% error.",
     "- **Memory** follows METHODS.md §5 (parameters + conv output maps); the BB paper's LeNet-5 memory figures are "
     "not reproducible with that convention even for its own unit counts (LeNet-500-300's are, exactly).",
 ]
@@ -98,21 +100,21 @@ REPRODUCE_GAPS: dict[str, list[str]] = {
         "- SBP 5.4× vs 18.3×: 30 of the paper's 200 epochs; our 180-epoch SBP run reached 10.4× (table above).",
         "- BB 1.5× vs 13.3×: the step schedule cuts the lr at epochs 15 and 24 of 30 and pruning stops; with gate lr "
         "5e-2 and 180 epochs BB reached 10.2× (table above).",
-        "- DBB 2.8× vs 33.5×: DBB keeps its BB run's π (frozen) and so its width; from the 180-epoch BB run, with "
-        "this session's DBB code and gate lr 3e-2 for 40 epochs: 29.7× at 1.41% (table above). This table's DBB "
-        "stages ran with the earlier code (γ at the weights' lr).",
+        "- DBB 3.6× vs 33.5×: DBB keeps its BB run's π (frozen) and so its width (here the 30-epoch BB's, 1.5×); "
+        "from the 180-epoch BB run with gate lr 3e-2 for 40 epochs: 29.7× at 1.41% (table above).",
         "- Errors of SBP, BB and DBB are at or below the paper's (they keep more units); the dense net too (1.38%).",
     ],
     "lenet5": [
         "- Peer (10 epochs from scratch, no dense init): 1.28% at 57.6×; our SVD from the dense net: 0.79% at 80.3×.",
         "- 10-epoch stages (DBB 5) instead of 200: conv channels are barely pruned yet (SBP 20-49 channels vs 9-17), "
-        "so FLOPs speed-ups are 1.0–1.7× (papers 2.9–5.5×); errors match or beat the papers' (SVD 0.79% vs 0.75%) "
-        "except DBB (1.01% after 5 epochs). SVD: 80.3× fewer weights (SVD README: 280× after 200 epochs).",
+        "so FLOPs speed-ups are 1.0–1.7× (papers 2.9–5.5×); errors match or beat the papers' (SVD 0.79% vs 0.75%, "
+        "DBB 0.56% vs 0.63%). SVD: 80.3× fewer weights (SVD README: 280× after 200 epochs). Longer BB/DBB/SBP "
+        "stages (table above) prune the fc layers 4–6× further but not conv1.",
     ],
     "lenet5_fashion": [
         "- Peer (10 epochs from scratch): 12.46% at 52.8×; our SVD from the dense net: 8.93% at 26.1×.",
-        "- No published numbers. Same 10-epoch budget as MNIST: errors within 0.6 point of dense (8.36%) except DBB "
-        "(9.74% after 5 epochs); pruning is slower than on MNIST at that budget (SBP 1.09× vs 1.19× FLOPs).",
+        "- No published numbers. Same 10-epoch budget as MNIST (DBB 5): every method's error within 0.6 point of "
+        "dense (8.36%; DBB 8.30%); pruning is slower than on MNIST at that budget (SBP 1.09× vs 1.19× FLOPs).",
     ],
 }
 
@@ -132,12 +134,13 @@ def _reproduce_section() -> list[str]:
                      "the measured CPU speed-up is each run's own end-of-training latency measurement (batch 1000), "
                      "taken while other trainings shared the 2 cores, so it is noisy; train time and s / epoch are "
                      "wall-clock with two to seven trainings at once (one torch thread each), so they compare rows "
-                     "only roughly. The seed-0 dense, SBP, BB and DBB stages of LeNet-500-300 and LeNet-5 and the "
-                     "LeNet-300-100 dense and SVD "
-                     "stages are the single-seed runs of the tables above, copied into the reproduce folder (same "
-                     "commands; `table.json` lists them); to fit the session, the other stages and the peers ran as "
-                     "parallel processes into the same folders, and the command above then reused every finished "
-                     "stage and wrote the table.", ""]
+                     "only roughly. The seed-0 dense, SBP and BB stages of LeNet-500-300 and LeNet-5 and the "
+                     "LeNet-300-100 dense and SVD stages (SVD: the `--train-clip-from 180` run) "
+                     "are the single-seed runs of the tables above, copied into the reproduce folder (same "
+                     "commands; `table.json` lists them); every DBB stage was re-run with the current DBB code "
+                     "(γ at the gate lr, stop-gradient on the gate input); to fit the session, the other stages "
+                     "and the peers ran as parallel processes into the same folders, and the command above then "
+                     "reused every finished stage and wrote the table.", ""]
         lines += [(folder / "table.md").read_text().rstrip(), ""]
         figs = [f for f in ("error_vs_flops.png", "units.png", "svd_log_alpha.png", "input_masks.png")
                 if (folder / f).is_file()]
@@ -270,8 +273,9 @@ def main():
                          f"{r['speedup_b1000']:.2f}× |")
         lines += ["", f"Command: `{latency['command']}` ({latency['torch_threads']} torch threads, median of the "
                   "repeats, nothing else running). Repeated invocations of this script vary noticeably on this "
-                  "machine for the small MLPs (SVD LeNet-300-100 at batch 1000: 1.80× in one run, 1.18× in the "
-                  "next, ten minutes apart); the LeNet-500-300 SBP ratios stayed between 4.4× and 4.7×.", ""]
+                  "machine for the small MLPs (SBP LeNet-500-300 `sbp3` at batch 1000: 4.74× in the previous "
+                  "session's measurement, 2.94× in this one; SVD LeNet-300-100: 1.18× then 1.89×), so read the "
+                  "MLP ratios as ±50%; the LeNet-5 ratios are stable.", ""]
     lines += _reproduce_section()
     lines += ["## Gaps to the papers, and why", "", *GAPS, ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
