@@ -232,10 +232,11 @@ def main():
             speed = lat["speedup_b1000"] if lat else m.get("speedup_measured_b1000")
             dagger = "" if lat or speed is None else "†"
             label, epochs = m["method"], str(m["epochs"])
-            if cfg.get("net_kwargs", {}).get("train_clip") is not None:
+            clip_from = cfg.get("train_clip_from")  # older runs: the layers' own setting in net_kwargs
+            if clip_from == 0 or cfg.get("net_kwargs", {}).get("train_clip") is not None:
                 label += " (train clip)"
-            if cfg.get("train_clip_from") is not None:
-                label += f" (train clip from epoch {cfg['train_clip_from']})"
+            elif clip_from is not None:
+                label += f" (train clip from epoch {clip_from})"
             parent = Path(cfg["init_from"]) if cfg.get("init_from") else None
             stages = [m["epochs"]]
             while parent is not None and (parent / "config.json").is_file():  # continued runs: count every stage

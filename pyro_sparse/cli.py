@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KL weight 0 before epoch START, 1 from epoch END (SVD on MNIST: 5 20)")
     t.add_argument("--weight-threshold", type=float, default=3.0, help="SVD: prune weights with log alpha >= this")
     t.add_argument("--train-clip", action="store_true",
-                   help="SVD: weights past --weight-threshold also leave the training-time mean (reference code)")
+                   help="SVD: weights past --weight-threshold also leave the training-time mean (reference code); "
+                   "same as --train-clip-from 0")
     t.add_argument("--train-clip-from", type=int, default=None, metavar="EPOCH",
                    help="SVD: as --train-clip, but only from EPOCH on (0-based, like --warmup; e.g. 180 of 200)")
     t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
@@ -100,7 +101,7 @@ def _train_config(a, epochs: int):
         weight_decay=a.weight_decay if a.weight_decay is not None else d.get("weight_decay", 0.0),
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
-        measure_latency=not a.no_latency, train_clip_from=a.train_clip_from,
+        measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
     )
 
 
@@ -142,7 +143,7 @@ def cmd_train(a) -> int:
     _check_device(a.device)
     out = Path(a.out)
     identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset, "train_clip_from": a.train_clip_from}
+                "subset": a.subset, "train_clip_from": 0 if a.train_clip else a.train_clip_from}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
@@ -166,8 +167,6 @@ def cmd_train(a) -> int:
         data = subset(data, a.subset)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     net_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
-    if a.train_clip and a.method == "svd":
-        net_kwargs["train_clip"] = a.weight_threshold
     if a.resume:  # the model is rebuilt as the run was started
         net_kwargs = saved.get("net_kwargs", saved.get("unit_kwargs", {}))
     try:

@@ -87,6 +87,14 @@ def test_train_clip_from_switches_clipping_on_at_that_epoch():
     assert seen == [{None}, {None}, {2.5}, {2.5}]
 
 
+def test_cli_train_clip_is_train_clip_from_zero(tmp_path):
+    out = tmp_path / "clip"
+    assert main(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "1",
+                 "--train-clip", "--no-latency", "--quiet", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["train_clip_from"] == 0 and cfg["train_clip_from"] == 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
