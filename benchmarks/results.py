@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
 RUN_ORDER = ("dense", "svd", "svd2", "svdclip", "svdclip3", "svdclipfrom", "sbp", "sbp2", "sbp3", "sbp4", "sbp5",
-             "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6")
+             "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9", "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6")
 
 
 #: what a command line does not show: runs made with an earlier version of the code
@@ -54,10 +54,13 @@ GAPS = [
     "gives 1.58% at 63.0× (paper 1.92%, 68×). Likely cause of the early over-pruning: our inputs are standardised "
     "((x − 0.1307)/0.3081; the reference subtracts a per-pixel mean from x/256), so first-layer weights are ~3× "
     "smaller relative to Adam's step, and clipping turns noise-driven threshold crossings into permanent pruning.",
-    "- **BB LeNet-500-300 (10.2× vs 12×).** The step schedule (×0.1 at 50% and 80%) stops pruning early in a short "
-    "run (30 epochs: 1.48×). Continuing at a constant lr reached 5.5× after 110 epochs; raising the gate lr from "
-    "1e-2 to 5e-2 sped pruning up several-fold (5.5× → 9.7× in 50 epochs) and a 20-epoch decay stage ended at "
-    "1.49%, 248-165-70 units, 10.2× (paper 294-110-71, 13.3×: our second hidden layer is still wider).",
+    "- **BB LeNet-500-300: 12.6× at 1.52% (target ≤ 1.5% at ≥ 12×; paper 1.32%, 13.3×).** The step schedule (×0.1 "
+    "at 50% and 80%) stops pruning early in a short run (30 epochs: 1.48×). Continuing at a constant lr reached 5.5× "
+    "after 110 epochs; raising the gate lr to 5e-2 gave 10.2× at 1.49% after 180 epochs (248-165-70), and two "
+    "30-epoch stages at gate lr 1e-1 (constant, then linear to 0) 11.6× at 1.55% and 12.6× at 1.54% (226-148-61); "
+    "10 epochs of fine-tuning at lr 1e-4 (gates 1e-3) end at 1.52%: the FLOPs target is met, the error misses by "
+    "0.02 points (2 test images), in 250 epochs. Kept gates are bimodal (E[π] > 0.5), so the 1e-3 threshold is not "
+    "the cause; our second hidden layer stays wider than the paper's (148 vs 110 units).",
     "- **DBB LeNet-500-300: met (1.41% at 29.7×; paper 1.40%, 33.5×).** Two changes this session, both from the "
     "authors' code: γ (how sharply the keep probability follows the input) trains with the gate parameters (lr "
     "`--lr-latent`, no weight decay) instead of the weights' lr with weight decay, and the gate reads its input "
@@ -216,7 +219,7 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("234567").removesuffix("clip").removesuffix("clipfrom"))  # variants
+            paper = _paper(arch, method.rstrip("23456789").removesuffix("clip").removesuffix("clipfrom"))  # variants
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
