@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
 RUN_ORDER = ("dense", "svd", "svd2", "svdclip", "svdclip3", "svdclipfrom", "sbp", "sbp2", "sbp3", "sbp4", "sbp5",
-             "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9", "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6")
+             "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9",
+             "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6")
 
 
 #: what a command line does not show: runs made with an earlier version of the code
