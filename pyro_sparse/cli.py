@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "same as --train-clip-from 0")
     t.add_argument("--train-clip-from", type=int, default=None, metavar="EPOCH",
                    help="SVD: as --train-clip, but only from EPOCH on (0-based, like --warmup; e.g. 180 of 200)")
+    t.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
+                   help="multiply the KL of LAYER's latent sites by S > 0 (e.g. --kl-scale conv1=40 conv2=16, as "
+                   "the BB authors' LeNet-5 configs do); default: the plain ELBO")
     t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
     t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
@@ -102,7 +105,23 @@ def _train_config(a, epochs: int):
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
         measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
+        kl_scale=_parse_kl_scale(a.kl_scale),
     )
+
+
+def _parse_kl_scale(items: list[str] | None) -> dict[str, float]:
+    """``["conv1=40", "conv2=16"]`` → ``{"conv1": 40.0, "conv2": 16.0}``; exits 2 on a malformed item."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        layer, sep, value = item.partition("=")
+        try:
+            s = float(value)
+        except ValueError:
+            s = float("nan")
+        if not sep or not layer or not s > 0 or s == float("inf"):
+            _fail(f"--kl-scale expects LAYER=S with S a positive number (e.g. conv1=40), got {item!r}")
+        out[layer] = s
+    return out
 
 
 def _check_device(device: str) -> None:
@@ -125,6 +144,7 @@ def cmd_train(a) -> int:
     from .data import DataNotFoundError, load_dataset, subset
     from .infer import CheckpointError, fit, load_checkpoint
     from .infer.train import METRICS
+    from .poutine import resolve_kl_scale
 
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
     if epochs <= 0:
@@ -143,7 +163,8 @@ def cmd_train(a) -> int:
     _check_device(a.device)
     out = Path(a.out)
     identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset, "train_clip_from": 0 if a.train_clip else a.train_clip_from}
+                "subset": a.subset, "train_clip_from": 0 if a.train_clip else a.train_clip_from,
+                "kl_scale": _parse_kl_scale(a.kl_scale) or None}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
@@ -196,6 +217,7 @@ def cmd_train(a) -> int:
     cfg = _train_config(a, epochs)
     try:
         cfg.validate()
+        resolve_kl_scale(guide.site_names, cfg.kl_scale)
     except ValueError as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)

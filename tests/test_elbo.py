@@ -38,6 +38,42 @@ def test_kl_weight_scales_only_the_kl():
     assert elbo.kl > 0
 
 
+def test_kl_scale_multiplies_only_that_layers_kl():
+    """kl_scale on the guide: KL = Σ_sites s_site · KL(q_site ‖ p_site), the NLL untouched."""
+    from pyro_sparse.poutine import kl_scale, resolve_kl_scale
+
+    model = build_model("lenet5", "sbp", (1, 28, 28), 10, num_data=1000)
+    guide = MeanFieldGuide(model)
+    with torch.no_grad():  # distinct per-site KLs
+        for i, p in enumerate(guide.parameters()):
+            p.add_(0.3 * (i + 1))
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        per_site = {n: torch.distributions.kl_divergence(guide.posterior(n), model_prior(model, n)).sum().item()
+                    for n in guide.site_names}
+    scales = {"conv1": 40.0, "fc2": 0.5}
+    assert resolve_kl_scale(guide.site_names, scales) == {"net.conv1_units.theta": 40.0, "net.fc2_units.theta": 0.5}
+    elbo = SparseELBO()
+    pyro.set_rng_seed(1)
+    loss = elbo.differentiable_loss(model, kl_scale(guide, scales), x, y)
+    expected = sum(per_site.values()) + 39.0 * per_site["net.conv1_units.theta"] - 0.5 * per_site[
+        "net.fc2_units.theta"]
+    assert elbo.kl == pytest.approx(expected, rel=1e-4)
+    assert loss.item() == pytest.approx(elbo.nll + elbo.kl, rel=1e-5)
+    with pytest.raises(ValueError, match="layer 'conv9' has no latent site"):
+        resolve_kl_scale(guide.site_names, {"conv9": 2.0})
+    with pytest.raises(ValueError, match="positive number"):
+        resolve_kl_scale(guide.site_names, {"conv1": float("inf")})
+
+
+def model_prior(model, name):
+    """The prior of latent site ``name`` (batch shape = the site's shape)."""
+    from pyro_sparse.poutine.local import base_distribution
+
+    trace = pyro.poutine.trace(model).get_trace(torch.rand(1, 1, 28, 28))
+    return base_distribution(trace.nodes[name]["fn"])
+
+
 def test_raises_naming_the_site_without_analytic_kl():
     def model():
         pyro.sample("scale_site", dist.Gamma(2.0, 1.0))

@@ -95,6 +95,20 @@ def test_cli_train_clip_is_train_clip_from_zero(tmp_path):
     assert cfg["config"]["train_clip_from"] == 0 and cfg["train_clip_from"] == 0
 
 
+def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--epochs", "1",
+            "--kl-scale", "fc1=4", "--quiet", "--no-latency", "--out", str(out)]
+    assert main(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kl_scale"] == {"fc1": 4.0} and cfg["config"]["kl_scale"] == {"fc1": 4.0}
+    reparsed = pyro_sparse.cli.build_parser().parse_args(cfg["command"].split()[1:])
+    assert reparsed.kl_scale == ["fc1=4"]
+    # the scale is part of the run's identity: --resume with another scale is refused, naming it
+    code, err = _cli([*args[:-4], "--kl-scale", "fc1=8", "--resume", "--out", str(out)], capsys)
+    assert code == 2 and "kl_scale was {'fc1': 4.0}, now {'fc1': 8.0}" in err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -114,6 +128,14 @@ def test_cli_train_clip_is_train_clip_from_zero(tmp_path):
          "train-clip-from must be an epoch >= 0"),
         (["--method", "svd", "--arch", "lenet300", "--dataset", "mnist", "--data-root", "/nonexistent"],
          "train-images-idx3-ubyte"),
+        (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1=0"],
+         "--kl-scale expects LAYER=S"),
+        (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1"],
+         "--kl-scale expects LAYER=S"),
+        (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "conv1=40"],
+         "layer 'conv1' has no latent site; latent sites: net.fc1_units.theta"),
+        (["--method", "dense", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1=2"],
+         "latent sites: none"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):

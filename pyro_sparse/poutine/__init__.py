@@ -8,12 +8,17 @@ from .local import (
     local_reparameterization,
     local_sample,
 )
+from .scale import KLScaleMessenger, check_kl_scale, kl_scale, resolve_kl_scale
 
 __all__ = [
+    "KLScaleMessenger",
     "LocalReparameterizationMessenger",
+    "check_kl_scale",
     "conv2d",
+    "kl_scale",
     "linear",
     "local_distribution",
     "local_reparameterization",
     "local_sample",
+    "resolve_kl_scale",
 ]
