@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
 RUN_ORDER = ("dense", "svd", "svd2", "svdclip", "svdclip3", "svdclipfrom", "sbp", "sbp2", "sbp3", "sbp4", "sbp5",
-             "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9",
+             "sbpscale", "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9", "bb10", "bbscale",
              "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6")
 
 
@@ -220,7 +220,8 @@ def main():
         cmds = []
         for method in RUN_ORDER:
             name = f"{method}_{arch}_mnist"
-            paper = _paper(arch, method.rstrip("23456789").removesuffix("clip").removesuffix("clipfrom"))  # variants
+            variant = method.rstrip("0123456789").removesuffix("scale").removesuffix("clipfrom").removesuffix("clip")
+            paper = _paper(arch, variant)
             run = runs / name
             if not (run / "metrics.json").is_file():
                 expected = ("dense", "svd") if arch == "lenet300" else ("dense", "sbp", "bb", "dbb")
@@ -256,6 +257,8 @@ def main():
                 label += f" (from {Path(cfg['init_from']).name})"
             if cfg.get("command") and "--lr-latent" in cfg["command"].split():
                 label += f", gate lr {cfg['config']['lr_latent']:g}"
+            if cfg.get("kl_scale"):
+                label += ", KL × " + ", ".join(f"{k} {v:g}" for k, v in cfg["kl_scale"].items())
             if name in RUN_NOTES:
                 label += f"; {RUN_NOTES[name]}"
             table.append(

@@ -60,6 +60,9 @@ def test_kl_scale_multiplies_only_that_layers_kl():
         "net.fc2_units.theta"]
     assert elbo.kl == pytest.approx(expected, rel=1e-4)
     assert loss.item() == pytest.approx(elbo.nll + elbo.kl, rel=1e-5)
+    pyro.set_rng_seed(1)  # Pyro's own mean-field ELBO reads the same scale from the guide side
+    assert TraceMeanField_ELBO().differentiable_loss(model, kl_scale(guide, scales), x, y).item() == pytest.approx(
+        loss.item(), rel=1e-5)
     with pytest.raises(ValueError, match="layer 'conv9' has no latent site"):
         resolve_kl_scale(guide.site_names, {"conv9": 2.0})
     with pytest.raises(ValueError, match="positive number"):
