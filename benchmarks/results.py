@@ -72,7 +72,7 @@ GAPS = [
     "to 5e-2 gave 31.6× at 1.76%, 3e-2 for 30 epochs 24.0× at 1.52%, and 3e-2 for 40 epochs 29.7× at 1.41%. DBB "
     "keeps its BB run's π (frozen, by design) and so its static width (248-165-70); the per-example gates save "
     "FLOPs only for an implementation that skips gated units per example: our compact DBB network runs dense "
-    "matmuls over the static units, so its measured CPU speed-up (2.4× at batch 1000; 2.8× for the BB network it "
+    "matmuls over the static units, so its measured CPU speed-up (2.3× at batch 1000; 3.0× for the BB network it "
     "came from) is that of the BB width.",
     "- **SBP LeNet-5: met with the BB authors' per-layer KL scale (0.75% at 9.39× FLOPs in 100 epochs; papers "
     "0.82% at 5.53×, SBP README 0.86% at 10.49×).** With the plain ELBO, conv channels are barely pruned in "
@@ -296,9 +296,9 @@ def main():
                          f"{r['speedup_b1000']:.2f}× |")
         lines += ["", f"Command: `{latency['command']}` ({latency['torch_threads']} torch threads, median of the "
                   "repeats, nothing else running). Repeated invocations of this script vary noticeably on this "
-                  "machine for the small MLPs (SBP LeNet-500-300 `sbp3` at batch 1000: 4.74× in the previous "
-                  "session's measurement, 2.94× in this one; SVD LeNet-300-100: 1.18× then 1.89×), so read the "
-                  "MLP ratios as ±50%; the LeNet-5 ratios are stable.", ""]
+                  "machine for the small MLPs (SBP LeNet-500-300 `sbp3` at batch 1000: 4.74×, 2.94× and 2.77× in "
+                  "three sessions' measurements; SVD LeNet-300-100: 1.18×, 1.89×, 1.91×), so read the MLP ratios "
+                  "as ±50%; the LeNet-5 ratios are stable.", ""]
     lines += _reproduce_section()
     lines += ["## Gaps to the papers, and why", "", *GAPS, ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
