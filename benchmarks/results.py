@@ -82,7 +82,7 @@ GAPS = [
     "authors' code (`ICLR2020anonymous/bbdrop`, `lenet_caffe_mnist_sbp_scale.py`) multiplies the KL of conv1's "
     "noise by 40 and conv2's by 16 (the paper does not say so); with that (`--kl-scale conv1=40 conv2=16`, their "
     "schedule: gate lr 1e-2, weights 1e-3 with weight decay 1e-4, ×0.1 at 50% and 80%) SBP from the dense net "
-    "keeps 6-14-172-113 units at 0.75%: conv1 was down to 8 channels after 12 epochs. That objective is a "
+    "keeps 6-14-172-113 units at 0.75%: conv1 was down to 8 channels after 7 epochs. That objective is a "
     "tempered ELBO (the conv layers' prior raised to a power), so the row is labelled with its scales.",
     "- **BB / DBB LeNet-5: with the authors' KL scale, past the papers' speed-ups.** With the plain ELBO (BB 0.66% "
     "at 1.45×, DBB 0.60% at 1.59×; papers 0.57% / 0.63% at 2.94× / 2.95×) every conv1 channel keeps E[π] > 0.5 "
