@@ -162,9 +162,9 @@ def cmd_train(a) -> int:
         _fail(f"--batch-size must be positive, got {a.batch_size}")
     _check_device(a.device)
     out = Path(a.out)
+    cfg = _train_config(a, epochs)
     identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset, "train_clip_from": 0 if a.train_clip else a.train_clip_from,
-                "kl_scale": _parse_kl_scale(a.kl_scale) or None}
+                "subset": a.subset, "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
@@ -214,7 +214,6 @@ def cmd_train(a) -> int:
             for name, p in guide.named_parameters():
                 if name in shared:
                     p.requires_grad_(False)
-    cfg = _train_config(a, epochs)
     try:
         cfg.validate()
         resolve_kl_scale(guide.site_names, cfg.kl_scale)
