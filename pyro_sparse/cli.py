@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
+    t.add_argument("--val-size", type=int, default=None, metavar="N",
+                   help="hold out N training examples (a fixed random split, the same for every seed) and report "
+                        "the validation error per epoch, to choose settings without looking at the test set")
     t.add_argument("--out", required=True, help="RUN_DIR")
     t.add_argument("--init-from", default=None, help="RUN_DIR of a finished dense run to start from")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -141,7 +144,7 @@ def cmd_train(a) -> int:
     from guides import MeanFieldGuide
     from models import build_model, load_pretrained
 
-    from .data import DataNotFoundError, load_dataset, subset
+    from .data import DataNotFoundError, load_dataset, split_validation, subset
     from .infer import CheckpointError, fit, load_checkpoint
     from .infer.train import METRICS
     from .poutine import resolve_kl_scale
@@ -160,11 +163,14 @@ def cmd_train(a) -> int:
         _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
     if a.batch_size <= 0:
         _fail(f"--batch-size must be positive, got {a.batch_size}")
+    if a.val_size is not None and a.val_size <= 0:
+        _fail(f"--val-size must be a positive number of examples, got {a.val_size}")
     _check_device(a.device)
     out = Path(a.out)
     cfg = _train_config(a, epochs)
     identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset, "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None}
+                "subset": a.subset, "val_size": a.val_size,
+                "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None}
     if a.resume:
         cfg_path = out / "config.json"
         if not cfg_path.is_file():
@@ -186,6 +192,11 @@ def cmd_train(a) -> int:
         if a.subset <= 0:
             _fail(f"--subset must be positive, got {a.subset}")
         data = subset(data, a.subset)
+    if a.val_size is not None:
+        try:
+            data = split_validation(data, a.val_size)
+        except ValueError as e:
+            _fail(f"--val-size: {e}")
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     net_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
     if a.resume:  # the model is rebuilt as the run was started
@@ -255,7 +266,9 @@ def _command_line(a) -> str:
 
 def _print_summary(m: dict) -> None:
     print(
-        f"{m['method']} {m['arch']} on {m['dataset']}: test error {m['test_error']:.2f}%  "
+        f"{m['method']} {m['arch']} on {m['dataset']}: "
+        + (f"val error {m['val_error']:.2f}% ({m['val_size']} held out)  " if "val_error" in m else "")
+        + f"test error {m['test_error']:.2f}%  "
         f"compression {m['compression']:.1f}x ({m['n_nonzero']}/{m['n_weights']} weights)  "
         f"units {'-'.join(map(str, m['units']))}  FLOPs speed-up {m['flops_speedup']:.2f}x  "
         f"memory {100 * m['memory_fraction']:.2f}%  [{m['epochs']} epochs, {m['train_seconds']:.0f} s]"

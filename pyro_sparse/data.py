@@ -4,6 +4,9 @@ Images come as ``torchvision.transforms.ToTensor()`` gives them: ``[N, 1, 28, 28
 ``[N, 64]`` floats in [0, 1] (pixel / 16). Standardisation statistics (scalar mean and std of the training inputs) are
 returned with the data and live inside the networks (``Standardize``), so compact networks take raw inputs.
 
+A validation split (:func:`split_validation`, CLI ``--val-size N``) holds out ``N`` training examples, the same ones
+for every run and seed, so that settings can be chosen on them and the test set is only reported.
+
 Offline use: pass ``root`` (CLI ``--data-root``; default ``$PYRO_SPARSE_DATA`` or ``./data``); a missing folder raises
 :class:`DataNotFoundError` naming the folder and the files expected there.
 """
@@ -11,7 +14,7 @@ Offline use: pass ``root`` (CLI ``--data-root``; default ``$PYRO_SPARSE_DATA`` o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +31,11 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass
 class Dataset:
-    """Train/test tensors plus what a model needs to know about them."""
+    """Train/test tensors (and an optional validation split) plus what a model needs to know about them.
+
+    Shapes: ``x_* [N, ...]`` float inputs, ``y_* [N]`` integer labels; ``x_val``/``y_val`` are ``None`` unless a
+    validation split was taken (:func:`split_validation`).
+    """
 
     name: str
     x_train: torch.Tensor
@@ -36,6 +43,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -108,5 +117,29 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
 
 def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """The first ``n_train`` / ``n_test`` examples (for tests and smoke runs)."""
-    return Dataset(ds.name, ds.x_train[:n_train], ds.y_train[:n_train], ds.x_test[:n_test], ds.y_test[:n_test],
-                   ds.num_classes)
+    return replace(ds, x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train], x_test=ds.x_test[:n_test],
+                   y_test=ds.y_test[:n_test])
+
+
+#: seed of the validation split: fixed, so every run (whatever its ``--seed``) holds out the same examples
+VAL_SPLIT_SEED = 0
+
+
+def split_validation(ds: Dataset, n_val: int, seed: int = VAL_SPLIT_SEED) -> Dataset:
+    """Hold out ``n_val`` training examples, drawn uniformly without replacement, as a validation set.
+
+    Returns a new :class:`Dataset` whose ``x_train [N − n_val, ...]`` no longer holds them and whose
+    ``x_val [n_val, ...]`` / ``y_val [n_val]`` do; the test set is untouched. The split depends on ``seed`` only.
+
+    :raises ValueError: ``n_val`` not in ``1 … N − 1``, or ``ds`` already has a validation split.
+    """
+    n = ds.x_train.shape[0]
+    if ds.x_val is not None:
+        raise ValueError(f"{ds.name} already has a validation split of {ds.x_val.shape[0]} examples")
+    if not 0 < n_val < n:
+        raise ValueError(f"validation size must be between 1 and {n - 1} (the training set has {n} examples), "
+                         f"got {n_val}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_val=ds.x_train[val],
+                   y_val=ds.y_train[val])

@@ -11,7 +11,7 @@ import pyro_sparse
 from guides import MeanFieldGuide
 from models import build_model
 from pyro_sparse.cli import main
-from pyro_sparse.data import load_dataset, subset
+from pyro_sparse.data import load_dataset, split_validation, subset
 from pyro_sparse.infer import TrainConfig, fit
 from pyro_sparse.metrics import classification_error
 
@@ -136,6 +136,10 @@ def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
          "layer 'conv1' has no latent site; latent sites: net.fc1_units.theta"),
         (["--method", "dense", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1=2"],
          "latent sites: none"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--val-size", "0"],
+         "--val-size must be a positive number"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--val-size", "1347"],
+         "--val-size: validation size must be between 1 and 1346"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
@@ -216,3 +220,51 @@ def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     assert args[args.index("--train-clip-from") + 1] == "180" and "--init-from" not in args
     assert "--train-clip-from" not in _stage_args("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
     assert "--train-clip-from" not in _stage_args("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
+
+
+def test_validation_split_is_fixed_disjoint_and_complete():
+    data = load_dataset("digits")
+    a, b = split_validation(data, 300), split_validation(data, 300)
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.x_train, b.x_train)  # the same for every run
+    assert a.x_val.shape[0] == 300 and a.x_train.shape[0] == data.x_train.shape[0] - 300
+    rows = lambda x: {tuple(r.tolist()) for r in x}  # noqa: E731
+    assert rows(a.x_val).isdisjoint(rows(a.x_train))
+    assert rows(a.x_val) | rows(a.x_train) == rows(data.x_train)
+    assert torch.equal(a.x_test, data.x_test)
+    for bad in (0, data.x_train.shape[0]):
+        with pytest.raises(ValueError, match="validation size must be between 1 and"):
+            split_validation(data, bad)
+    with pytest.raises(ValueError, match="already has a validation split"):
+        split_validation(a, 10)
+
+
+def test_fit_reports_validation_error_and_trains_without_it(tmp_path):
+    data = split_validation(subset(load_dataset("digits"), 400, 200), 100)
+    torch.manual_seed(0)
+    model = build_model("logreg", "svd", data.input_shape, 10, mean=data.mean, std=data.std)
+    guide = MeanFieldGuide(model)
+    cfg = TrainConfig(epochs=2, batch_size=50, lr=1e-2, measure_latency=False)
+    metrics = fit(model, guide, data, cfg, tmp_path, progress=False)
+    assert model.num_data == 300  # the ELBO's N counts the examples trained on
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all("val_error" in r for r in log)
+    from pyro_sparse.compress import load_compressed
+
+    compact = load_compressed(tmp_path)
+    assert metrics["val_size"] == 100
+    assert metrics["val_error"] == pytest.approx(classification_error(compact, data.x_val, data.y_val))
+    assert log[-1]["val_error"] == pytest.approx(metrics["val_error"])
+
+
+def test_cli_val_size_is_recorded_and_part_of_the_resume_identity(tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--no-latency",
+            "--quiet", "--out", str(out)]
+    assert main([*base, "--val-size", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "val error" in printed and "(200 held out)" in printed
+    assert json.loads((out / "config.json").read_text())["val_size"] == 200
+    assert json.loads((out / "metrics.json").read_text())["val_size"] == 200
+    (out / "metrics.json").unlink()
+    code, err = _cli([*base, "--resume", "--val-size", "100"], capsys)
+    assert code == 2 and "val_size was 200, now 100" in err

@@ -156,6 +156,9 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
         resume: bool = False, progress: bool = True, meta: dict | None = None, callback=None) -> dict:
     """Train ``model`` and ``guide`` on ``data``; returns the final metrics (also written to ``RUN_DIR``).
 
+    Each epoch's record (``log.jsonl``) holds the test error of the compact network, and its validation error
+    (``val_error``, percent) when ``data`` has a validation split (:func:`pyro_sparse.data.split_validation`).
+
     :param run_dir: where ``log.jsonl``, ``checkpoint.pt``, the compact network and ``metrics.json`` go (None: keep
         nothing on disk).
     :param resume: continue from ``RUN_DIR/checkpoint.pt``.
@@ -233,6 +236,7 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             "lr": opt.param_groups[0]["lr"],
             "train_error": 100.0 * wrong / n,
             "test_error": classification_error(compact, data.x_test, data.y_test),
+            **({} if data.x_val is None else {"val_error": classification_error(compact, data.x_val, data.y_val)}),
             "units": compact.units,
             "nonzero_weights": sum(int(m.weight.ne(0).sum()) for m in compact if hasattr(m, "weight")),
             "train_seconds": train_seconds,
@@ -241,7 +245,9 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1:4d}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  kl {record['kl']:.1f}  "
-                f"train err {record['train_error']:.2f}%  test err {record['test_error']:.2f}%  "
+                f"train err {record['train_error']:.2f}%  "
+                + ("" if data.x_val is None else f"val err {record['val_error']:.2f}%  ")
+                + f"test err {record['test_error']:.2f}%  "
                 f"units {'-'.join(map(str, compact.units))}"
             )
         if run_dir is not None:
@@ -265,6 +271,9 @@ def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None
     full = compress(model, guide, keep_all=True)
     metrics = {**(meta or {}), "epochs": cfg.epochs, "seed": cfg.seed}
     metrics.update(summarize(compact, full, data.x_test, data.y_test))
+    if data.x_val is not None:
+        metrics["val_error"] = classification_error(compact, data.x_val, data.y_val)
+        metrics["val_size"] = int(data.x_val.shape[0])
     metrics["train_seconds"] = train_seconds
     metrics["seconds_per_epoch"] = train_seconds / max(1, cfg.epochs)
     if last:
