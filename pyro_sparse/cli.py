@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True)
     rp.add_argument("--seeds", type=int, default=1)
     rp.add_argument("--no-peer", action="store_true", help="leave out the pytorch-ard peer")
+    rp.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
+                    help="per-layer KL scale for the SBP and BB stages (authors' LeNet-5: conv1=40 conv2=16)")
     r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
     r.add_argument("run_dir")
     e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
@@ -317,7 +319,12 @@ def cmd_reproduce(a) -> int:
 
     if a.seeds < 1:
         _fail(f"--seeds must be >= 1, got {a.seeds}")
-    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer)
+    kl_scale = _parse_kl_scale(a.kl_scale)
+    try:
+        table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer,
+                    kl_scale=kl_scale or None)
+    except ValueError as e:
+        _fail(str(e))
     from .reproduce import markdown
 
     print(markdown(table))

@@ -7,6 +7,9 @@ compression, measured CPU speed-up, train time, epochs) plus ``error_vs_flops.pn
 ``svd_log_alpha.png`` and (LeNet-300/500) ``input_masks.png``. Every stage is an ordinary ``pyro-sparse train`` run
 in ``OUT/seed<S>/<method>``; a stage whose run already finished is reused, so an interrupted reproduction continues.
 
+``--kl-scale LAYER=S ...`` passes a per-layer KL scale to the SBP and BB stages (the beta-Bernoulli authors' LeNet-5
+configs: ``conv1=40 conv2=16``; see :mod:`pyro_sparse.poutine.scale`); the table's command and title say so.
+
 Budgets (epochs per stage): ``smoke`` — 1 epoch on 2,000 training examples (a test runs it); ``cpu`` — fits a session
 on 2 CPU cores; ``paper`` — the papers' 200 epochs.
 """
@@ -29,6 +32,8 @@ BUDGETS = {
     "paper": {arch: dict.fromkeys(METHODS, 200) for arch in ("lenet300", "lenet500", "lenet5")},
 }
 SMOKE_SUBSET = 2000
+#: the stages that take ``--kl-scale`` (the authors' ``*_scale`` configs exist for SBP and BB; DBB trains only β)
+KL_SCALED_METHODS = ("sbp", "bb")
 #: METHODS.md §6 (error %, units, FLOPs ×, memory %)
 PAPER = {
     ("lenet300", "dense"): (1.64, None, 1.0, 100.0), ("lenet300", "svd"): (1.92, None, None, None),
@@ -40,10 +45,16 @@ PAPER = {
 }
 
 
+def _kl_scale_args(kl_scale: dict[str, float] | None) -> list[str]:
+    return ["--kl-scale", *(f"{k}={v:g}" for k, v in kl_scale.items())] if kl_scale else []
+
+
 def _stage_args(arch: str, method: str, epochs: int, seed: int, dataset: str, data_root: str | None, out: Path,
-                budget: str) -> list[str]:
+                budget: str, kl_scale: dict[str, float] | None = None) -> list[str]:
     args = ["train", "--method", method, "--arch", arch, "--dataset", dataset, "--epochs", str(epochs),
             "--seed", str(seed), "--out", str(out / method), "--quiet"]
+    if method in KL_SCALED_METHODS:
+        args += _kl_scale_args(kl_scale)
     if data_root:
         args += ["--data-root", data_root]
     if budget == "smoke":
@@ -58,34 +69,48 @@ def _stage_args(arch: str, method: str, epochs: int, seed: int, dataset: str, da
 
 
 def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_root: str | None = None,
-        seeds: int = 1, methods: tuple[str, ...] = METHODS, peer: bool = True) -> dict:
+        seeds: int = 1, methods: tuple[str, ...] = METHODS, peer: bool = True,
+        kl_scale: dict[str, float] | None = None) -> dict:
     """Run (or reuse) every stage for ``seeds`` seeds and write the table and plots to ``out``; returns the table.
 
-    ``peer=False`` (``--no-peer``) leaves out the ``pytorch-ard`` peer row."""
+    ``peer=False`` (``--no-peer``) leaves out the ``pytorch-ard`` peer row. ``kl_scale`` (``{"conv1": 40.0}``) goes
+    to the SBP and BB stages.
+
+    :raises ValueError: a finished stage in ``out`` was made with another KL scale than asked for (it is not reused
+        and nothing is overwritten: choose another ``out``).
+    """
     from .cli import main as cli
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = BUDGETS[budget][arch]
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
+    for seed in range(seeds):  # before training anything: every stage already there must match the KL scale
+        for method in methods:
+            cfg_path = out / f"seed{seed}" / method / "config.json"
+            want = (kl_scale or None) if method in KL_SCALED_METHODS else None
+            had = json.loads(cfg_path.read_text()).get("kl_scale") if cfg_path.is_file() else want
+            if had != want:
+                raise ValueError(f"{cfg_path.parent} was trained with kl_scale {had}, this reproduction asks for "
+                                 f"{want}; choose another --out")
     for seed in range(seeds):
         seed_dir = out / f"seed{seed}"
         for method in methods:
             run_dir = seed_dir / method
             if not (run_dir / "metrics.json").is_file():
                 resume = (run_dir / "checkpoint.pt").is_file()
-                args = _stage_args(arch, method, epochs[method], seed, dataset, data_root, seed_dir, budget)
+                args = _stage_args(arch, method, epochs[method], seed, dataset, data_root, seed_dir, budget, kl_scale)
                 code = cli(args + (["--resume"] if resume else []))
                 if code:
                     raise SystemExit(code)
             per_method[method].append(json.loads((run_dir / "metrics.json").read_text()))
     command = (f"pyro-sparse reproduce --arch {arch} --budget {budget} --dataset {dataset}"
                + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}"
-               + ("" if peer else " --no-peer"))
+               + ("" if peer else " --no-peer") + "".join(" " + a for a in _kl_scale_args(kl_scale)))
     stages = {m: [json.loads((out / f"seed{s}" / m / "config.json").read_text()).get("command") for s in range(seeds)]
               for m in methods}
     table = {"arch": arch, "dataset": dataset, "budget": budget, "seeds": seeds, "epochs": epochs,
-             "command": command, "stage_commands": stages,
+             "kl_scale": kl_scale or None, "command": command, "stage_commands": stages,
              "rows": [_row(arch, dataset, m, runs) for m, runs in per_method.items()]}
     peer_rows = _peer(arch, budget, epochs.get("svd", 1), dataset, data_root, seeds, out) if peer else []
     if peer_rows:
@@ -150,7 +175,9 @@ def markdown(table: dict) -> str:
         return s if v["min"] == v["max"] else f"{s} [{v['min'] * scale:.{digits}f}–{v['max'] * scale:.{digits}f}]"
 
     lines = [f"### {table['arch']} on {table['dataset']} — budget `{table['budget']}`, median [range] over "
-             f"{table['seeds']} seed(s)", "",
+             f"{table['seeds']} seed(s)"
+             + (", KL × " + ", ".join(f"{k} {v:g}" for k, v in table["kl_scale"].items()) + " (SBP, BB)"
+                if table.get("kl_scale") else ""), "",
              "| method | epochs | error % | units | FLOPs × | memory | compression × | CPU speed-up (b=1000) | "
              "train time | s / epoch | paper: error %, units, FLOPs ×, memory |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -222,6 +222,27 @@ def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     assert "--train-clip-from" not in _stage_args("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
 
 
+def test_reproduce_kl_scale_goes_to_sbp_and_bb_stages_only(tmp_path, capsys):
+    from pyro_sparse.reproduce import _stage_args, run
+
+    scale = {"conv1": 40.0, "conv2": 16.0}
+    for method in ("sbp", "bb"):
+        args = _stage_args("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
+        assert args[args.index("--kl-scale"):][:3] == ["--kl-scale", "conv1=40", "conv2=16"]
+    for method in ("dense", "svd", "dbb"):
+        assert "--kl-scale" not in _stage_args("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
+    # a finished stage made with another scale is neither reused nor overwritten
+    stage = tmp_path / "repro" / "seed0" / "sbp"
+    stage.mkdir(parents=True)
+    (stage / "config.json").write_text(json.dumps({"kl_scale": None}))
+    (stage / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="trained with kl_scale None, this reproduction asks for"):
+        run("lenet5", "smoke", tmp_path / "repro", methods=("sbp",), peer=False, kl_scale=scale)
+    code, err = _cli(["reproduce", "--arch", "lenet5", "--budget", "smoke", "--out", str(tmp_path / "repro"),
+                      "--kl-scale", "conv1=40"], capsys)
+    assert code == 2 and "choose another --out" in err and (stage / "metrics.json").read_text() == "{}"
+
+
 def test_validation_split_is_fixed_disjoint_and_complete():
     data = load_dataset("digits")
     a, b = split_validation(data, 300), split_validation(data, 300)
