@@ -19,8 +19,7 @@ ARCHS = {"lenet300": "LeNet-300-100", "lenet500": "LeNet-500-300", "lenet5": "Le
 #: run directories per architecture, in table order (``sbp2_*``: optional continuation of the SBP run)
 RUN_ORDER = ("dense", "svd", "svd2", "svdclip", "svdclip3", "svdclipfrom", "sbp", "sbp2", "sbp3", "sbp4", "sbp5",
              "sbpscale", "bb", "bb2", "bb3", "bb4", "bb5", "bb6", "bb7", "bb8", "bb9", "bb10", "bb11", "bb12", "bb13",
-             "bbscale",
-             "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6", "dbbscale")
+             "bb14", "bbscale", "dbb", "dbb2", "dbb3", "dbb4", "dbb5", "dbb6", "dbb7", "dbbscale")
 
 
 #: what a command line does not show: runs made with an earlier version of the code
@@ -33,6 +32,7 @@ RUN_NOTES = {
     "bb11_lenet500_mnist": "linear schedule",
     "bb12_lenet500_mnist": "step schedule",
     "bb13_lenet500_mnist": "step schedule, seed 1",
+    "bb14_lenet500_mnist": "step schedule, seed 2",
 }
 
 
