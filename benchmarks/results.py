@@ -73,7 +73,8 @@ GAPS = [
     "second hidden layer stays wider than the paper's (156–162 vs 110 units), the input layer narrower (201–207 vs "
     "294 pixels). Untested differences from the reference code: raw [0, 1] pixels (we standardise inside the "
     "network), π drawn once per minibatch (per example here, DESIGN contract 3).",
-    "- **DBB LeNet-500-300: met (1.41% at 29.7×; paper 1.40%, 33.5×).** Two changes this session, both from the "
+    "- **DBB LeNet-500-300: met (1.41% at 29.7× from a staged BB run; 1.47% at 38.0× from the 250-epoch BB seed-1 "
+    "run `bb13`, same 40-epoch recipe; paper 1.40%, 33.5×).** Two changes (session 3), both from the "
     "authors' code: γ (how sharply the keep probability follows the input) trains with the gate parameters (lr "
     "`--lr-latent`, no weight decay) instead of the weights' lr with weight decay, and the gate reads its input "
     "through a stop-gradient. With γ at the gate lr alone, 20 epochs went from 14.1× to 15.3×; raising the gate lr "
