@@ -39,7 +39,8 @@ def main():
         cli(cmd)
         metrics = json.loads((run / "metrics.json").read_text())
         g = load_checkpoint(run)["guide"]
-        loc, log_s2 = g["sites.net__fc1__weight.loc"], g["sites.net__fc1__weight.log_sigma2"]
+        site = "sites.net__fc1__weight"
+        loc, log_s2 = g[f"{site}.loc_unconstrained"], g[f"{site}.log_sigma2_unconstrained"]
         removed = log_alpha(loc, torch.exp(0.5 * log_s2), log_variance=log_s2) >= a.threshold
         rows.append({
             "seed": seed,

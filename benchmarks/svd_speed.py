@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
 from torch import nn
 
 import pyro_sparse  # noqa: F401
-from guides import MeanFieldGuide
-from models import build_model
 from pyro_sparse.data import load_dataset
 from pyro_sparse.infer import SparseELBO
 

@@ -14,6 +14,11 @@ prior                       guide family                 method
 
 Every pair has a registered analytic KL, so ``SVI(model, guide, optim, TraceMeanField_ELBO())`` never falls back to
 Monte Carlo. New families are added with :func:`register_family`.
+
+Every family's variational parameters are ``PyroParam`` objects, so a guide works in both of Pyro's parameter modes:
+with the global param store (``SVI`` + ``pyro.optim``; ``pyro.get_param_store().save()/load()`` round-trips it, the
+names being the guide's module paths, e.g. ``sites.net__fc1__weight.loc``) and with ``module_local_params=True``
+(an ELBO module + a torch optimizer; ``state_dict`` keys end in ``_unconstrained``).
 """
 
 from __future__ import annotations
@@ -99,11 +104,15 @@ class MeanFieldGuide(PyroModule):
         return list(self._names)
 
     def posterior(self, name: str):
-        """The guide distribution of site ``name`` (no ``Independent`` wrapper; batch shape = the site's shape)."""
-        try:
+        """The guide distribution of site ``name`` (no ``Independent`` wrapper; batch shape = the site's shape).
+
+        Read inside the guide's Pyro context, so with the global param store it sees the stored values (e.g. right
+        after ``pyro.get_param_store().load(...)``). :raises KeyError: no such site.
+        """
+        if _key(name) not in self.sites:
+            raise KeyError(f"no latent site {name!r}; sites: {self._names}")
+        with self._pyro_context:
             return self.sites[_key(name)].distribution()
-        except KeyError:
-            raise KeyError(f"no latent site {name!r}; sites: {self._names}") from None
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         msngr = LocalReparameterizationMessenger() if self.local else None

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
-from torch import nn
+from pyro.nn import PyroModule, PyroParam
 
 from pyro_sparse.distributions import Kumaraswamy
 
@@ -18,8 +17,8 @@ from pyro_sparse.distributions import Kumaraswamy
 class KumaraswamyUnits(PyroModule):
     def __init__(self, num_units: int, a_uc_init: float = -1.0, b_uc_init: float = 0.5413):
         super().__init__()
-        self.a_uc = nn.Parameter(torch.full((num_units,), float(a_uc_init)))
-        self.b_uc = nn.Parameter(torch.full((num_units,), float(b_uc_init)))
+        self.a_uc = PyroParam(torch.full((num_units,), float(a_uc_init)))
+        self.b_uc = PyroParam(torch.full((num_units,), float(b_uc_init)))
 
     def distribution(self) -> Kumaraswamy:
         return Kumaraswamy(F.softplus(self.a_uc), F.softplus(self.b_uc), validate_args=False)

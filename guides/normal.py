@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import Normal
-from pyro.nn import PyroModule
-from torch import nn
+from pyro.nn import PyroModule, PyroParam
 
 
 class NormalFamily(PyroModule):
     def __init__(self, init_loc: torch.Tensor, log_scale_init: float = -5.0):
         super().__init__()
-        self.loc = nn.Parameter(init_loc.detach().clone())
-        self.log_scale = nn.Parameter(torch.full_like(self.loc, log_scale_init))
+        self.loc = PyroParam(init_loc.detach().clone())
+        self.log_scale = PyroParam(torch.full_like(self.loc, log_scale_init))
 
     def distribution(self) -> Normal:
         return Normal(self.loc, self.log_scale.exp(), validate_args=False)

@@ -7,8 +7,7 @@ log θ ~ N(μ, σ²) truncated to the prior's [a, b]; init μ = 0, log σ = −5
 from __future__ import annotations
 
 import torch
-from pyro.nn import PyroModule
-from torch import nn
+from pyro.nn import PyroModule, PyroParam
 
 from pyro_sparse.distributions import TruncatedLogNormal
 
@@ -17,8 +16,8 @@ class TruncatedLogNormalUnits(PyroModule):
     def __init__(self, num_units: int, a: torch.Tensor, b: torch.Tensor, loc_init: float = 0.0,
                  log_scale_init: float = -5.0):
         super().__init__()
-        self.loc = nn.Parameter(torch.full((num_units,), float(loc_init)))
-        self.log_scale = nn.Parameter(torch.full((num_units,), float(log_scale_init)))
+        self.loc = PyroParam(torch.full((num_units,), float(loc_init)))
+        self.log_scale = PyroParam(torch.full((num_units,), float(log_scale_init)))
         self.register_buffer("a", torch.as_tensor(a).detach().clone().float())
         self.register_buffer("b", torch.as_tensor(b).detach().clone().float())
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import Normal
-from pyro.nn import PyroModule
-from torch import nn
+from pyro.nn import PyroModule, PyroParam
 
 
 class GaussianWeights(PyroModule):
@@ -17,8 +16,8 @@ class GaussianWeights(PyroModule):
 
     def __init__(self, init_loc: torch.Tensor, log_sigma2_init: float = -10.0):
         super().__init__()
-        self.loc = nn.Parameter(init_loc.detach().clone())
-        self.log_sigma2 = nn.Parameter(torch.full_like(self.loc, log_sigma2_init))
+        self.loc = PyroParam(init_loc.detach().clone())
+        self.log_sigma2 = PyroParam(torch.full_like(self.loc, log_sigma2_init))
 
     def distribution(self) -> Normal:
         q = Normal(self.loc, torch.exp(0.5 * self.log_sigma2), validate_args=False)

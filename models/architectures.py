@@ -11,6 +11,7 @@ initialises a sparse run (``--init-from``):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_sparse.nn import BBGate, DBBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear, set_train_clip
@@ -95,12 +97,28 @@ def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes:
     return net
 
 
+def sample_shape() -> tuple[int, ...]:
+    """Sizes of the enclosing plates outside the data plate (dims ≤ −2), e.g. ``(k,)`` inside Pyro's vectorised
+    particles or ``(num_samples,)`` inside ``Predictive(parallel=True)``; ``()`` when there are none."""
+    frames = [f for f in get_plates() if f.dim is not None and f.dim <= -2]
+    shape = [1] * max((-f.dim - 1 for f in frames), default=0)
+    for f in frames:
+        shape[len(shape) + f.dim + 1] = f.size
+    return tuple(shape)
+
+
 class Classifier(PyroModule):
-    """Pyro model ``p(y | x) = Categorical(logits = net(x))`` over a data plate of size ``num_data``.
+    """Pyro model ``p(y | x) = Categorical(logits = net(x))`` over a data plate of size ``num_data`` (dim −1).
 
     :param net: the network (see :func:`build_net`).
     :param input_shape: one example's shape; inputs are checked against it.
     :param num_data: N, the training-set size; the minibatch log-likelihood is scaled by N/B.
+
+    ``forward(x [B, *input_shape], y [B] or None) -> logits [*sample_shape, B, classes]``. Inside plates outside the
+    data plate (vectorised particles, ``Predictive(parallel=True)``; :func:`sample_shape`), the latent values carry
+    those sample dims; the network then runs once on ``S = prod(sample_shape)`` copies of the batch, sample ``s`` on
+    copy ``s`` (:mod:`pyro_sparse.poutine.local`), and ``y`` is observed under every sample.
+    :raises ValueError: inputs of another shape than ``input_shape``.
     """
 
     def __init__(self, net: nn.Module, input_shape: tuple[int, ...], num_data: int | None = None):
@@ -112,9 +130,14 @@ class Classifier(PyroModule):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"model expects inputs [B, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
-        logits = self.net(x)
         batch = x.shape[0]
-        with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device)):
+        samples = sample_shape()
+        if samples:  # S copies of the batch, one per sample of the latents
+            x = x.expand(math.prod(samples), *x.shape).reshape(-1, *x.shape[1:])
+        logits = self.net(x)
+        if samples:
+            logits = logits.reshape(*samples, batch, logits.shape[-1])
+        with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device), dim=-1):
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
         return logits
 

@@ -1,15 +1,15 @@
 """pyro-sparse: Bayesian sparsification of neural networks in Pyro.
 
-Importing the package registers every analytic KL and sets ``pyro.settings.set(module_local_params=True)``
-(DESIGN.md contract 4: parameters live in modules, never in a global param store).
+Importing the package registers every analytic KL (``torch.distributions.kl.register_kl``) and changes nothing
+else: no Pyro setting, no param store entry (DESIGN.md contract 4). Models and guides work in both of Pyro's
+parameter modes: the global param store (``SVI`` + ``pyro.optim``) and ``module_local_params=True`` (an ELBO module
++ a torch optimizer). The library's own entry points (:func:`pyro_sparse.infer.fit`, the CLI, ``reproduce``) use
+module-local parameters inside :func:`module_local_params` and restore the caller's setting on exit.
 """
 
-import pyro
-
-pyro.settings.set(module_local_params=True)
-
-from . import distributions  # noqa: E402  (registers the KL pairs)
-from .compress import load_compressed  # noqa: E402
+from . import distributions  # (registers the KL pairs)
+from .compress import load_compressed
+from .settings import module_local_params
 
 __version__ = "0.1.0"
-__all__ = ["distributions", "load_compressed"]
+__all__ = ["distributions", "load_compressed", "module_local_params"]

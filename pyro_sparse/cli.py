@@ -33,7 +33,7 @@ def _fail(message: str, code: int = 2):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models import ARCHS, METHODS
+    from pyro_sparse.models import ARCHS, METHODS
 
     from .data import DATASETS
 
@@ -143,8 +143,8 @@ def _check_device(device: str) -> None:
 def cmd_train(a) -> int:
     import pyro
 
-    from guides import MeanFieldGuide
-    from models import build_model, load_pretrained
+    from pyro_sparse.guides import MeanFieldGuide
+    from pyro_sparse.models import build_model, load_pretrained
 
     from .data import DataNotFoundError, load_dataset, split_validation, subset
     from .infer import CheckpointError, fit, load_checkpoint
@@ -332,9 +332,12 @@ def cmd_reproduce(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .settings import module_local_params
+
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce}
-    return commands[args.command](args)
+    with module_local_params():  # our parameters live in the modules; the caller's Pyro settings come back on exit
+        return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def _out_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _site_names(model: nn.Module) -> dict[tuple[int, str], str]:
     """``(id(module), attribute) → site name`` for every latent site of ``model``."""
-    from guides import latent_sites
+    from pyro_sparse.guides import latent_sites
 
     return {(id(module), attr): name for name, module, attr, _ in latent_sites(model)}
 

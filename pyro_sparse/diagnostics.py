@@ -37,7 +37,7 @@ def _unit_log_alpha(q) -> torch.Tensor:
 
 
 def _sparse_sites(model, guide):
-    from guides import latent_sites
+    from pyro_sparse.guides import latent_sites
 
     for name, module, attr, _ in latent_sites(model):
         yield name, module, attr, guide.posterior(name)

@@ -20,7 +20,9 @@ import json
 import statistics
 from pathlib import Path
 
-from models import METHODS
+from pyro_sparse.models import METHODS
+
+from .settings import module_local_params
 
 BUDGETS = {
     "smoke": {arch: dict.fromkeys(METHODS, 1) for arch in ("lenet300", "lenet500", "lenet5")},
@@ -68,6 +70,7 @@ def _stage_args(arch: str, method: str, epochs: int, seed: int, dataset: str, da
     return args
 
 
+@module_local_params()
 def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_root: str | None = None,
         seeds: int = 1, methods: tuple[str, ...] = METHODS, peer: bool = True,
         kl_scale: dict[str, float] | None = None) -> dict:

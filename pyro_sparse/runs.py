@@ -13,8 +13,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
     :raises FileNotFoundError: no ``config.json``. :raises CheckpointError: missing or corrupted checkpoint.
     """
-    from guides import MeanFieldGuide
-    from models import build_model
+    from pyro_sparse.guides import MeanFieldGuide
+    from pyro_sparse.models import build_model
 
     from .infer import load_checkpoint
 

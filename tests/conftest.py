@@ -5,7 +5,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_sparse  # noqa: F401  (registers KLs, module-local params)
+import pyro_sparse  # noqa: F401  (registers the KLs; changes no Pyro setting)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,9 @@ def mnist_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Fixed seed, and Pyro's global param store emptied: tests in the global-store mode start from a clean store,
+    as a script would."""
     pyro.set_rng_seed(0)
+    pyro.clear_param_store()
     torch.set_num_threads(2)
     yield

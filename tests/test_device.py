@@ -7,9 +7,9 @@ network.
 
 import pytest
 import torch
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
 
-from guides import MeanFieldGuide
-from models import build_model
 from pyro_sparse.compress import load_compressed
 from pyro_sparse.data import Dataset
 from pyro_sparse.infer import TrainConfig, fit

@@ -5,9 +5,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
 
-from guides import MeanFieldGuide
-from models import build_model
 from pyro_sparse.infer import MissingAnalyticKLError, SparseELBO
 
 

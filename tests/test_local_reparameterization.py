@@ -20,7 +20,7 @@ def test_linear_lrt_matches_weight_space_sampling():
     loc, scale = torch.randn(3, 5), torch.rand(3, 5) * 0.5 + 0.1
     x = torch.randn(1, 5)
     w = _tagged(dist.Normal(loc, scale))
-    assert torch.equal(w, loc)  # the value handed to the model is the mean
+    assert w.shape == loc.shape and not torch.equal(w, loc)  # the trace records a draw from q, not its mean
     out = linear(x.expand(200_000, 5), w)
     ws = dist.Normal(loc, scale).sample((200_000,))
     ref = torch.einsum("i,nji->nj", x[0], ws)
@@ -44,7 +44,10 @@ def test_conv_lrt_matches_weight_space_sampling():
 def test_untagged_values_pass_through():
     w, x = torch.randn(3, 5), torch.randn(4, 5)
     assert torch.equal(linear(x, w), F.linear(x, w))
-    assert torch.equal(local_sample(w, 4), w)
+    assert torch.equal(local_sample(w, 4, site_dim=2), w)
+    # untagged with a leading sample dim [S=3, K=5]: sample s serves block s of a batch of S·B = 6 examples
+    blocks = local_sample(w, 6)
+    assert torch.equal(blocks, w.repeat_interleave(2, dim=0))
 
 
 def test_local_sample_draws_per_example():

@@ -8,9 +8,9 @@ global param store and is not available in that mode.
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
 
-from guides import MeanFieldGuide
-from models import build_model
 from pyro_sparse.compress import compress
 from pyro_sparse.data import load_dataset
 from pyro_sparse.metrics import classification_error

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
 
 import pyro_sparse
-from guides import MeanFieldGuide
-from models import build_model
 from pyro_sparse.cli import main
 from pyro_sparse.data import load_dataset, split_validation, subset
 from pyro_sparse.infer import TrainConfig, fit

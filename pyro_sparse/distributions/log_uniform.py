@@ -14,9 +14,15 @@ from torch.distributions import constraints
 class LogUniform(TorchDistribution):
     """Improper prior ``p(w) ∝ 1/|w|`` on real-valued weights.
 
-    The density is not normalisable, so the distribution has no sampler: it is meant to be used as the prior of a
+    The density is not normalisable, so the distribution has no draws: it is meant to be used as the prior of a
     latent site whose guide is a Gaussian (see :func:`pyro_sparse.distributions.kl`), where the KL divergence is
     defined up to a constant (Molchanov et al. 2017, Eq. 14).
+
+    ``sample()`` returns **zeros** of shape ``sample_shape + batch_shape``: not a draw, but the point where all of
+    the prior's mass concentrates (``p(w) ∝ 1/|w|`` is unbounded at 0). Pyro runs a model's prior to discover its
+    shapes (``Predictive``'s plate guess) and to initialise (``init_to_sample``, ``init_to_median``); with zeros these
+    work, and the model's output under the prior is that of a network whose sparsified weights are all pruned.
+    ``log_prob(0)`` is ``+inf``; the analytic KL never evaluates it.
 
     :param batch_shape: batch shape, e.g. ``(out_features, in_features)``; usually set with ``.expand(shape)``.
     """
@@ -38,14 +44,9 @@ class LogUniform(TorchDistribution):
         lp = -value.abs().log()
         return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
 
-    def sample(self, sample_shape=torch.Size()):
-        raise NotImplementedError(
-            "LogUniform is an improper prior and cannot be sampled; pair it with a Normal guide "
-            "(pyro_sparse guides do) and use an ELBO with analytic KL, e.g. TraceMeanField_ELBO."
-        )
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self.sample(sample_shape)
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Zeros ``[*sample_shape, *batch_shape]`` (see the class docstring: a placeholder, not a draw)."""
+        return torch.zeros(self._extended_shape(sample_shape))
 
     def __repr__(self) -> str:
         return f"LogUniform(batch_shape={tuple(self.batch_shape)})"

@@ -26,6 +26,7 @@ from ..data import Dataset
 from ..metrics import classification_error, latency_report, summarize
 from ..nn import set_train_clip
 from ..poutine import check_kl_scale, kl_scale, resolve_kl_scale
+from ..settings import module_local_params, prepare_module_local
 from .elbo import SparseELBO
 
 CHECKPOINT = "checkpoint.pt"
@@ -152,6 +153,7 @@ def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam([g for g in groups if g["params"]])
 
 
+@module_local_params()
 def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
         resume: bool = False, progress: bool = True, meta: dict | None = None, callback=None) -> dict:
     """Train ``model`` and ``guide`` on ``data``; returns the final metrics (also written to ``RUN_DIR``).
@@ -166,8 +168,12 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     :param callback: called as ``callback(record)`` after each epoch's checkpoint (e.g. early stopping by raising).
     :raises CheckpointError: ``resume`` without a usable checkpoint.
     :raises ValueError: an invalid ``cfg``, or a ``cfg.kl_scale`` layer without latent sites.
+
+    Runs with module-local parameters (:func:`pyro_sparse.module_local_params`): Pyro's global param store is not
+    touched, and the caller's ``pyro.settings`` are restored on return or exception.
     """
     cfg.validate()
+    prepare_module_local(model, guide)
     guide_fn = guide
     if cfg.kl_scale:
         if hasattr(guide, "site_names"):

@@ -1,19 +1,27 @@
 """Local (per-example) noise: the one place where pyro-sparse turns global posterior samples into per-example draws.
 
-DESIGN.md contract 3. Inside :class:`LocalReparameterizationMessenger` (applied by the guide), every latent value
-the guide produces carries its guide distribution. The model's layers then call :func:`linear`, :func:`conv2d` or
-:func:`local_sample`, which, for a tagged value, draw the noise per example instead of sharing one global sample:
+DESIGN.md contract 5. Inside :class:`LocalReparameterizationMessenger` (applied by the guide), every latent value
+the guide draws carries its guide distribution as a tag. The value itself is an honest draw from q, so a guide trace
+records what q gives. The model's layers then call :func:`linear`, :func:`conv2d` or :func:`local_sample`, which,
+for a tagged value, use the distribution to draw the noise per example instead of sharing the one global draw:
 
 * Gaussian weights (sparse VD): the local reparameterisation trick (Kingma et al. 2015; Molchanov et al. 2017,
-  Eq. 17): the pre-activation is ``b ~ N(x θᵀ, x² (σ²)ᵀ)`` per example; no weight matrix is ever sampled (the
-  value handed to the model is the posterior mean, tagged).
+  Eq. 17): the pre-activation is ``b ~ N(x θᵀ, x² (σ²)ᵀ)`` per example; the global weight draw is not used.
 * Unit noise and gates (SBP, BB): ``θ`` or ``π`` drawn independently for each example, shape ``[B, K]``.
 
-Both are unbiased estimators of the same ELBO with lower variance. Outside the messenger (or for untagged values)
-the helpers fall back to plain ``F.linear`` / ``F.conv2d`` / the global value.
+Both are unbiased estimators of the same ELBO with lower variance. Outside the messenger (or for untagged values,
+e.g. in ``Predictive``) the helpers use the value as it is: a global weight or unit sample.
+
+**Sample dimensions.** Under vectorised particles (``num_particles=k, vectorize_particles=True``) or
+``Predictive(..., parallel=True)``, latent values carry leading sample dims ``[*lead, *site_shape]`` with
+``S = prod(lead)``. The model (:class:`pyro_sparse.models.Classifier`) then lays its batch out as ``S`` consecutive
+blocks of ``B`` examples (``[S·B, ...]``), and these helpers apply sample ``s`` to block ``s``; the network's other
+layers (ReLU, pooling, flatten) see an ordinary batch.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +45,10 @@ def local_distribution(value: torch.Tensor):
 
 
 class LocalReparameterizationMessenger(Messenger):
-    """Tag every latent sample with its guide distribution; Gaussian sites hand out their mean, not a sample.
+    """Tag every latent sample with its guide distribution (the sampled value stays an honest draw from it).
 
     Use it around a guide (``MeanFieldGuide`` does so by default) or around a whole ``svi.step``.
     """
-
-    def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None:
-            return
-        if isinstance(base_distribution(msg["fn"]), Normal):
-            # the model consumes (loc, scale) through the local reparameterisation; a view gives a fresh tensor
-            # object to tag without touching the parameter itself
-            msg["value"] = msg["fn"].mean.expand(msg["fn"].shape())
 
     def _pyro_post_sample(self, msg):
         if msg["is_observed"] or not torch.is_tensor(msg["value"]):
@@ -84,37 +84,91 @@ def _mean_weight(q: Normal, clip_threshold: float | None) -> torch.Tensor:
     return q.loc.masked_fill(pruned, 0.0)
 
 
+def _blocks(x: torch.Tensor, lead: torch.Size) -> int:
+    """Number of examples per sample block of ``x`` (``[S·B, ...]``, ``S = prod(lead)``).
+
+    :raises ValueError: the batch does not split into ``S`` equal blocks.
+    """
+    s = math.prod(lead)
+    if x.shape[0] % s:
+        raise ValueError(f"a batch of {x.shape[0]} examples does not split into {s} sample blocks {list(lead)}")
+    return x.shape[0] // s
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` for ``w [*lead, out, in]``: sample ``s`` of ``w`` applies to block ``s`` of ``x [S·B, in]``."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    lead, (o, i) = w.shape[:-2], w.shape[-2:]
+    s = math.prod(lead)
+    out = torch.matmul(x.reshape(s, _blocks(x, lead), i), w.reshape(s, o, i).transpose(-1, -2))
+    return (out if b is None else out + b).reshape(-1, o)
+
+
+def _conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int = 1, **kwargs) -> torch.Tensor:
+    """``F.conv2d`` for ``w [*lead, out, in/groups, kh, kw]`` on ``x [S·B, in, H, W]`` (one grouped convolution:
+    the ``S`` samples become ``S`` groups)."""
+    if w.dim() == 4:
+        return F.conv2d(x, w, b, groups=groups, **kwargs)
+    lead, (o, *k) = w.shape[:-4], w.shape[-4:]
+    s, n = math.prod(lead), _blocks(x, lead)
+    xs = x.reshape(s, n, *x.shape[1:]).transpose(0, 1).reshape(n, s * x.shape[1], *x.shape[2:])
+    out = F.conv2d(xs, w.reshape(s * o, *k), None if b is None else b.repeat(s), groups=s * groups, **kwargs)
+    return out.reshape(n, s, o, *out.shape[2:]).transpose(0, 1).reshape(s * n, o, *out.shape[2:])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            clip_threshold: float | None = None) -> torch.Tensor:
     """``F.linear`` with the local reparameterisation trick for a tagged Gaussian ``weight`` ``[out, in]``.
 
-    :param x: ``[B, in]``. :returns: ``[B, out]``.
+    :param x: ``[B, in]``, or ``[S·B, in]`` when ``weight`` carries sample dims ``[*lead, out, in]`` (see the
+        module docstring). :returns: ``[B, out]`` (``[S·B, out]``).
     :param clip_threshold: if given, weights with ``log α >= clip_threshold`` drop out of the mean (see
         :func:`_mean_weight`); their variance stays.
+    :raises ValueError: ``x``'s batch does not split into the weight's sample blocks.
     """
     q = local_distribution(weight)
     if not isinstance(q, Normal):
-        return F.linear(x, weight, bias)
-    mean = F.linear(x, _mean_weight(q, clip_threshold), bias)
-    var = F.linear(x * x, _variance(q))
+        return _linear(x, weight, bias)
+    mean = _linear(x, _mean_weight(q, clip_threshold), bias)
+    var = _linear(x * x, _variance(q), None)
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            clip_threshold: float | None = None, **kwargs) -> torch.Tensor:
     """``F.conv2d`` with the local reparameterisation trick (mean ``conv(x, θ)``, variance ``conv(x², σ²)``);
-    ``clip_threshold`` as in :func:`linear`."""
+    ``clip_threshold`` and sample dims as in :func:`linear`."""
     q = local_distribution(weight)
     if not isinstance(q, Normal):
-        return F.conv2d(x, weight, bias, **kwargs)
-    mean = F.conv2d(x, _mean_weight(q, clip_threshold), bias, **kwargs)
-    var = F.conv2d(x * x, _variance(q), None, **kwargs)
+        return _conv2d(x, weight, bias, **kwargs)
+    mean = _conv2d(x, _mean_weight(q, clip_threshold), bias, **kwargs)
+    var = _conv2d(x * x, _variance(q), None, **kwargs)
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
-def local_sample(value: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Per-example draws ``[B, *value.shape]`` from the tagged guide distribution of ``value``, else ``value``."""
+def local_sample(value: torch.Tensor, batch_size: int, site_dim: int = 1) -> torch.Tensor:
+    """Per-example draws from the tagged guide distribution of ``value``, else ``value`` itself.
+
+    :param value: a latent value ``[*site_shape]`` (``site_dim`` dims, e.g. ``[K]`` units), or ``[*lead,
+        *site_shape]`` under vectorised particles / parallel ``Predictive``.
+    :param batch_size: the batch the draws are for: ``B``, or ``S·B`` with ``S = prod(lead)``.
+    :returns: tagged: ``[batch_size, *site_shape]``, one draw per example (block ``s`` from sample ``s``'s
+        distribution); untagged: ``value`` (no lead dims) or its sample ``s`` repeated over block ``s``
+        (``[batch_size, *site_shape]``).
+    :raises ValueError: ``batch_size`` does not split into ``S`` blocks.
+    """
+    lead, site = value.shape[: value.dim() - site_dim], value.shape[value.dim() - site_dim:]
     q = local_distribution(value)
-    if q is None:
+    if q is None and not lead:
         return value
-    return q.rsample((batch_size,)) if q.has_rsample else q.sample((batch_size,))
+    s = math.prod(lead)
+    if batch_size % s:
+        raise ValueError(f"a batch of {batch_size} examples does not split into {s} sample blocks {list(lead)}")
+    n = batch_size // s
+    if q is None:
+        return value.reshape(s, 1, *site).expand(s, n, *site).reshape(batch_size, *site)
+    draws = q.rsample((n,)) if q.has_rsample else q.sample((n,))  # [n, *lead, *site]
+    if not lead:
+        return draws
+    return draws.reshape(n, s, *site).transpose(0, 1).reshape(batch_size, *site)
