@@ -6,7 +6,8 @@
   ``pi`` (and DBB ``beta``) per unit, drawn from the guide (dims ``(chain, draw, <layer>_unit)``);
   for SVD layers ``log_alpha`` per input unit (the median log α of the unit's outgoing weights: a variational
   parameter, so constant over draws) — never the raw weights;
-* ``posterior_predictive``: ``y`` drawn from the model for every draw (dims ``(chain, draw, obs)``);
+* ``posterior_predictive``: ``y`` drawn from the model for every draw (dims ``(chain, draw, obs)``), each draw with
+  one global sample of every latent (``pyro.infer.Predictive``);
 * ``log_likelihood``: ``y`` — log p(y_i | x_i, draw) in nats (dims ``(chain, draw, obs)``), so ``az.loo`` works;
 * ``observed_data``: ``y`` (dim ``obs``).
 
@@ -71,14 +72,13 @@ def to_inference_data(model, guide, x: torch.Tensor, y: torch.Tensor, num_sample
         dims[key] = [f"{key.split('.')[0]}_unit"]
     model.eval()
     guide.eval()
-    log_lik = np.empty((1, num_samples, x.shape[0]))
-    y_pred = np.empty((1, num_samples, x.shape[0]), dtype=np.int64)
-    for s in range(num_samples):
-        guide_trace = pyro.poutine.trace(guide).get_trace(x)
-        logits = pyro.poutine.replay(model, trace=guide_trace)(x)
-        logp = torch.log_softmax(logits, -1)
-        log_lik[0, s] = logp.gather(1, y.view(-1, 1)).squeeze(1).cpu().numpy()
-        y_pred[0, s] = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
+    # posterior-predictive draws with one global sample of every latent per draw (Pyro's Predictive), so that the
+    # pointwise log-likelihoods of one draw share its weights, as az.loo assumes
+    predictive = pyro.infer.Predictive(model, guide=guide, num_samples=num_samples, return_sites=("_RETURN",))
+    logits = predictive(x)["_RETURN"].reshape(num_samples, x.shape[0], -1)
+    logp = torch.log_softmax(logits, -1)
+    log_lik = logp.gather(2, y.view(1, -1, 1).expand(num_samples, -1, 1)).squeeze(2).cpu().numpy()[None]
+    y_pred = torch.distributions.Categorical(logits=logits).sample().cpu().numpy()[None]
     coords = {"obs": np.arange(x.shape[0])}
     return az.from_dict(
         posterior=posterior,
