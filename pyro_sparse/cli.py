@@ -1,14 +1,20 @@
-"""The ``pyro-sparse`` command: ``train`` and ``evaluate`` (``pyro-sparse --help``).
+"""The ``pyro-sparse`` command: ``train``, ``evaluate``, ``report``, ``reproduce`` (``pyro-sparse --help``).
 
-Bad input exits with status 2 and one line on stderr naming what is wrong; nothing already in RUN_DIR is lost.
+The error contract, in one place (:func:`main`): bad input of any kind (options, files of a run directory, data)
+exits with status 2 and one line on stderr naming what is wrong and what was expected; nothing already in RUN_DIR is
+lost or changed. ``--debug`` or ``PYRO_SPARSE_DEBUG=1`` shows the traceback instead. Anything else (a bug) prints one
+line and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import os
 import sys
 from pathlib import Path
+
+from .errors import InvalidInputError, PyroSparseError, RunDirError, one_line
 
 METHOD_DEFAULTS = {
     # METHODS.md schedules: SVD from scratch with KL warm-up; SBP / BB fine-tune with a larger lr on noise/gates
@@ -22,14 +28,33 @@ DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mni
 DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3}
 
 
+#: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)
+RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency")
+EPILOG = """environment:
+  PYRO_SPARSE_DATA   folder holding MNIST/ and FashionMNIST/ (torchvision layout) when --data-root is not given
+                     (default ./data); the folder used is recorded in RUN_DIR/config.json
+  PYRO_SPARSE_DEBUG  1: show Python tracebacks instead of one-line errors (as --debug)"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(2, f"pyro-sparse: error: {message}\n")
 
 
-def _fail(message: str, code: int = 2):
-    print(f"pyro-sparse: error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(code)
+def _fail(message: str):
+    """Refuse bad input: :func:`main` prints the one line and exits 2."""
+    raise InvalidInputError(message)
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,22 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data import DATASETS
 
-    p = _Parser(prog="pyro-sparse", description="Bayesian sparsification of neural networks in Pyro.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR")
+    p = _Parser(prog="pyro-sparse", description="Bayesian sparsification of neural networks in Pyro.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--method", required=True, choices=METHODS)
     t.add_argument("--arch", required=True, choices=ARCHS)
     t.add_argument("--dataset", required=True, choices=DATASETS)
-    t.add_argument("--data-root", default=None, help="folder holding MNIST/ and FashionMNIST/ (torchvision layout)")
+    t.add_argument("--data-root", default=None,
+                   help="folder holding MNIST/ and FashionMNIST/ (torchvision layout); default $PYRO_SPARSE_DATA")
     t.add_argument("--epochs", type=int, default=None, help="default: 100 for digits, 200 for MNIST")
     t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--lr", type=float, default=None, help="Adam lr of the weights (1e-2 digits, 1e-3 MNIST)")
-    t.add_argument("--lr-latent", type=float, default=None, help="Adam lr of the guide's parameters")
-    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--lr", type=_finite, default=None, help="Adam lr of the weights (1e-2 digits, 1e-3 MNIST)")
+    t.add_argument("--lr-latent", type=_finite, default=None, help="Adam lr of the guide's parameters")
+    t.add_argument("--weight-decay", type=_finite, default=None)
     t.add_argument("--lr-schedule", choices=("constant", "linear", "step"), default=None)
     t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"), default=None,
                    help="KL weight 0 before epoch START, 1 from epoch END (SVD on MNIST: 5 20)")
-    t.add_argument("--weight-threshold", type=float, default=3.0, help="SVD: prune weights with log alpha >= this")
+    t.add_argument("--weight-threshold", type=_finite, default=3.0, help="SVD: prune weights with log alpha >= this")
     t.add_argument("--train-clip", action="store_true",
                    help="SVD: weights past --weight-threshold also leave the training-time mean (reference code); "
                    "same as --train-clip-from 0")
@@ -61,16 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
                    help="multiply the KL of LAYER's latent sites by S > 0 (e.g. --kl-scale conv1=40 conv2=16, as "
                    "the BB authors' LeNet-5 configs do); default: the plain ELBO")
-    t.add_argument("--unit-threshold", type=float, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
-    t.add_argument("--temperature", type=float, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
+    t.add_argument("--unit-threshold", type=_finite, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
+    t.add_argument("--temperature", type=_finite, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
     t.add_argument("--val-size", type=int, default=None, metavar="N",
                    help="hold out N training examples (a fixed random split, the same for every seed) and report "
                         "the validation error per epoch, to choose settings without looking at the test set")
     t.add_argument("--out", required=True, help="RUN_DIR")
-    t.add_argument("--init-from", default=None, help="RUN_DIR of a finished dense run to start from")
-    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--init-from", default=None,
+                   help="RUN_DIR to start from: a dense run, a run of the same method (continue), or BB for DBB")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out with its recorded options (an option given with "
+                   "another value than recorded is refused)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -103,10 +135,14 @@ def _train_config(a, epochs: int):
         warmup = (5, 20) if epochs >= 40 else (epochs // 8, epochs // 2)
     else:
         warmup = (0, 0)
+
+    def given(value, default):
+        return default if value is None else value
+
     return TrainConfig(
-        epochs=epochs, batch_size=a.batch_size, lr=a.lr or DEFAULT_LR[a.dataset],
-        lr_latent=a.lr_latent or d.get("lr_latent"),
-        weight_decay=a.weight_decay if a.weight_decay is not None else d.get("weight_decay", 0.0),
+        epochs=epochs, batch_size=a.batch_size, lr=given(a.lr, DEFAULT_LR[a.dataset]),
+        lr_latent=given(a.lr_latent, d.get("lr_latent")),
+        weight_decay=given(a.weight_decay, d.get("weight_decay", 0.0)),
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
         measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
@@ -115,7 +151,9 @@ def _train_config(a, epochs: int):
 
 
 def _parse_kl_scale(items: list[str] | None) -> dict[str, float]:
-    """``["conv1=40", "conv2=16"]`` → ``{"conv1": 40.0, "conv2": 16.0}``; exits 2 on a malformed item."""
+    """``["conv1=40", "conv2=16"]`` → ``{"conv1": 40.0, "conv2": 16.0}``.
+
+    :raises InvalidInputError: a malformed item or a repeated layer."""
     out: dict[str, float] = {}
     for item in items or []:
         layer, sep, value = item.partition("=")
@@ -125,6 +163,8 @@ def _parse_kl_scale(items: list[str] | None) -> dict[str, float]:
             s = float("nan")
         if not sep or not layer or not s > 0 or s == float("inf"):
             _fail(f"--kl-scale expects LAYER=S with S a positive number (e.g. conv1=40), got {item!r}")
+        if layer in out:
+            _fail(f"--kl-scale gives layer {layer!r} twice; expected each layer once")
         out[layer] = s
     return out
 
@@ -136,63 +176,139 @@ def _check_device(device: str) -> None:
         dev = torch.device(device)
     except RuntimeError:
         _fail(f"unknown --device {device!r}; expected cpu or cuda")
+    if dev.type not in ("cpu", "cuda"):
+        _fail(f"unsupported --device {device!r}; expected cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda was asked for, but torch sees no CUDA device")
 
 
-def cmd_train(a) -> int:
-    import pyro
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option of ``parser`` spelled out in ``argv``."""
+    out = set()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+                out.add(action.dest)
+    return out
 
-    from pyro_sparse.guides import MeanFieldGuide
-    from pyro_sparse.models import build_model, load_pretrained
 
-    from .data import DataNotFoundError, load_dataset, split_validation, subset
-    from .infer import CheckpointError, fit, load_checkpoint
-    from .infer.train import METRICS
-    from .poutine import resolve_kl_scale
+def _recorded_args(a, saved: dict, given: set[str]):
+    """``--resume``: the recorded options of the run, with only :data:`RESUME_FREE` options taken from ``a``.
 
-    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
-    if epochs <= 0:
-        _fail(f"--epochs must be a positive integer, got {epochs}")
-    for name in ("lr", "lr_latent", "temperature"):
+    :raises InvalidInputError: an option given on the command line with another value than recorded.
+    """
+    recorded = saved["args"]
+    for dest in sorted(given - set(RESUME_FREE)):
+        now, was = getattr(a, dest), recorded.get(dest)
+        if dest == "kl_scale":
+            now, was = _parse_kl_scale(now), _parse_kl_scale(was)
+        elif isinstance(now, tuple):
+            now = list(now)
+        if now != was:
+            flag = "--" + dest.replace("_", "-")
+            _fail(f"--resume: {flag} {now!r} contradicts the recorded {was!r} of the run in {a.out}; drop {flag} to "
+                  "continue the recorded run, or start a new --out")
+    merged = {**recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
+    return argparse.Namespace(**merged)
+
+
+def _validate_train_args(a) -> None:
+    """Everything checkable from the options alone, before any file is read or written."""
+    for name in ("temperature",):
         v = getattr(a, name)
         if v is not None and not v > 0:
-            _fail(f"--{name.replace('_', '-')} must be positive, got {v}")
+            _fail(f"--{name} must be > 0, got {v}")
+    for name in ("subset", "val_size"):
+        v = getattr(a, name)
+        if v is not None and v <= 0:
+            _fail(f"--{name.replace('_', '-')} must be a positive number of examples, got {v}")
+    if a.warmup is not None and (a.warmup[0] < 0 or a.warmup[1] < a.warmup[0]):
+        _fail(f"--warmup START END expects 0 <= START <= END, got {a.warmup[0]} {a.warmup[1]}")
     for flag, value in (("--train-clip", a.train_clip), ("--train-clip-from", a.train_clip_from is not None)):
         if value and a.method != "svd":
             _fail(f"{flag} applies to --method svd only, got --method {a.method}")
     if a.train_clip and a.train_clip_from is not None:
         _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
-    if a.batch_size <= 0:
-        _fail(f"--batch-size must be positive, got {a.batch_size}")
-    if a.val_size is not None and a.val_size <= 0:
-        _fail(f"--val-size must be a positive number of examples, got {a.val_size}")
+    if a.temperature is not None and a.method not in ("bb", "dbb"):
+        _fail(f"--temperature applies to --method bb and dbb only, got --method {a.method}")
+    if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
+        _fail("--init-from names the --out directory itself; expected another, finished run")
     _check_device(a.device)
-    out = Path(a.out)
-    cfg = _train_config(a, epochs)
-    identity = {"method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed, "epochs": epochs,
-                "subset": a.subset, "val_size": a.val_size,
-                "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None}
-    if a.resume:
-        cfg_path = out / "config.json"
-        if not cfg_path.is_file():
-            _fail(f"--resume: {out} holds no run (config.json missing)")
-        saved = json.loads(cfg_path.read_text())
-        diff = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
-        if diff:
-            _fail(f"--resume: arguments differ from the run in {out}: " +
-                  ", ".join(f"{k} was {s!r}, now {n!r}" for k, (s, n) in diff.items()))
-        if (out / METRICS).is_file():
-            _fail(f"--resume: the run in {out} has already finished (metrics.json exists)")
-    elif out.exists() and any(out.iterdir()):
-        _fail(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
+
+
+def _init_from(a, model, data) -> dict:
+    """Load a compatible run into ``model``; returns its guide ``state_dict``.
+
+    Compatible: the same architecture and input shape, data with the same statistics, and a source stage that
+    the method continues (a dense run; a run of the same method; BB for DBB).
+
+    :raises InvalidInputError: an incompatible or unreadable source, or one from which no weight was loaded.
+    """
+    from .models import load_pretrained
+    from .runfiles import load_checkpoint, read_config
+
+    src = Path(a.init_from)
     try:
-        data = load_dataset(a.dataset, a.data_root)
-    except DataNotFoundError as e:
-        _fail(str(e))
+        cfg = read_config(src)
+        ckpt = load_checkpoint(src)
+    except PyroSparseError as e:
+        _fail(f"--init-from: {e}")
+    stages = {"dense", a.method} | ({"bb"} if a.method == "dbb" else set())
+    if cfg["method"] not in stages:
+        _fail(f"--init-from {src} is a {cfg['method']} run; --method {a.method} starts from "
+              f"{' or '.join(sorted(stages))} runs")
+    if cfg["arch"] != a.arch:
+        _fail(f"--init-from {src} is a {cfg['arch']} run; expected --arch {a.arch}")
+    shape = list(data.input_shape)
+    if cfg.get("input_shape") != shape:
+        _fail(f"--init-from {src} was trained on inputs {cfg.get('input_shape')}; this run's are {shape}")
+    if cfg["dataset"] != a.dataset:
+        _fail(f"--init-from {src} was trained on {cfg['dataset']}; expected --dataset {a.dataset}")
+    mean, std = cfg.get("data_mean"), cfg.get("data_std")
+    if mean is None or std is None or abs(mean - data.mean) > 0.05 * data.std or abs(std / data.std - 1) > 0.05:
+        _fail(f"--init-from {src} was trained on data with mean {mean} and std {std}; this run's data have "
+              f"{data.mean:.4f} and {data.std:.4f} (another --subset or data copy?)")
+    try:
+        used = load_pretrained(model, ckpt["model"])
+    except ValueError as e:
+        _fail(f"--init-from: {e}")
+    params = {name for name, _ in model.named_parameters()}
+    weights = [k for k in used if k in params or k.endswith(".weight")]
+    if not weights:
+        _fail(f"--init-from {src}: no weight of that run fits --arch {a.arch} --method {a.method}")
+    print(f"pyro-sparse: --init-from {src}: loaded {len(used)} tensors of its {cfg['method']} run "
+          f"({len(weights)} weights and biases)", file=sys.stderr)
+    return ckpt["guide"]
+
+
+def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
+    import pyro
+
+    from .data import load_dataset, resolve_root, split_validation, subset
+    from .guides import MeanFieldGuide
+    from .infer import fit
+    from .models import build_model
+    from .poutine import resolve_kl_scale
+    from .runfiles import CONFIG, CONFIG_FORMAT, LOCK, METRICS, RunLock, atomic_write_json, read_config
+
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; expected a run directory (a new or existing folder)")
+    if a.resume:
+        if not (out / CONFIG).is_file():
+            raise RunDirError(f"--resume: {out} holds no run (config.json missing); start it without --resume")
+        a = _recorded_args(a, read_config(out), _given(parser, argv))
+        if (out / METRICS).is_file():
+            raise RunDirError(f"--resume: the run in {out} has already finished (metrics.json exists)")
+    elif out.is_dir() and any(f.name != LOCK for f in out.iterdir()):
+        raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
+    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
+    _validate_train_args(a)
+    cfg = _train_config(a, epochs)
+    cfg.validate(flag_prefix="--")
+    data_root = resolve_root(a.dataset, a.data_root)
+    data = load_dataset(a.dataset, data_root)
     if a.subset is not None:  # quick runs: the first N training examples (the test set stays whole)
-        if a.subset <= 0:
-            _fail(f"--subset must be positive, got {a.subset}")
         data = subset(data, a.subset)
     if a.val_size is not None:
         try:
@@ -200,24 +316,13 @@ def cmd_train(a) -> int:
         except ValueError as e:
             _fail(f"--val-size: {e}")
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
-    net_kwargs = {"temperature": a.temperature} if a.temperature is not None and a.method in ("bb", "dbb") else {}
-    if a.resume:  # the model is rebuilt as the run was started
-        net_kwargs = saved.get("net_kwargs", saved.get("unit_kwargs", {}))
+    net_kwargs = {"temperature": a.temperature} if a.temperature is not None else {}
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
                             data.mean, data.std, **net_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
-    init_guide = {}
-    if a.init_from:
-        try:
-            ckpt = load_checkpoint(a.init_from)
-            used = load_pretrained(model, ckpt["model"])
-        except (CheckpointError, ValueError) as e:
-            _fail(f"--init-from: {e}")
-        if not used:
-            _fail(f"--init-from: nothing in {a.init_from} matches arch {a.arch}")
-        init_guide = ckpt["guide"]
+    init_guide = _init_from(a, model, data) if a.init_from else {}
     guide = MeanFieldGuide(model)
     if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
         own = guide.state_dict()
@@ -228,24 +333,33 @@ def cmd_train(a) -> int:
                 if name in shared:
                     p.requires_grad_(False)
     try:
-        cfg.validate()
         resolve_kl_scale(guide.site_names, cfg.kl_scale)
     except ValueError as e:
-        _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    if not a.resume:
-        cfg_json = {**identity, "command": _command_line(a),
-                    "init_from": a.init_from, "data_root": a.data_root,
-                    "config": vars(cfg), "net_kwargs": net_kwargs}
-        (out / "config.json").write_text(json.dumps(cfg_json, indent=1))
-    try:
-        metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
-                      meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
-    except CheckpointError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume", file=sys.stderr)
-        return 130
+        _fail(f"--kl-scale: {e}")
+    with RunLock(out) as lock:  # one writer from here on
+        if lock.stale_pid is not None:
+            print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
+                  "taken over", file=sys.stderr)
+        if not a.resume:
+            if any(f.name != LOCK for f in out.iterdir()):  # another process started it meanwhile
+                raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume")
+            args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()
+                    if k not in ("command", "debug")}
+            atomic_write_json({
+                "format": CONFIG_FORMAT, "method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed,
+                "epochs": epochs, "subset": a.subset, "val_size": a.val_size,
+                "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None,
+                "command": _command_line(a), "init_from": a.init_from, "data_root": data_root,
+                "input_shape": list(data.input_shape), "data_mean": data.mean, "data_std": data.std,
+                "config": vars(cfg), "net_kwargs": net_kwargs, "args": args,
+            }, out / CONFIG)
+        try:
+            metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
+                          meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
+        except KeyboardInterrupt:
+            print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume",
+                  file=sys.stderr)
+            return 130
     _print_summary(metrics)
     return 0
 
@@ -277,67 +391,85 @@ def _print_summary(m: dict) -> None:
     )
 
 
-def cmd_evaluate(a) -> int:
+def cmd_evaluate(a, argv, parser) -> int:
     from .compress import load_compressed
-    from .data import DataNotFoundError, load_dataset
+    from .data import load_dataset
     from .metrics import classification_error
+    from .runfiles import read_config
 
     run = Path(a.run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        _fail(f"{run} holds no run (config.json missing)")
+    cfg = read_config(run)
     _check_device(a.device)
-    cfg = json.loads(cfg_path.read_text())
-    try:
-        net = load_compressed(run, a.device)
-        data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
-    except DataNotFoundError as e:
-        _fail(str(e))
-    err = classification_error(net, data.x_test, data.y_test)
+    net = load_compressed(run, a.device)
+    data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
+    if tuple(data.input_shape) != tuple(net.input_shape):
+        raise RunDirError(f"the compact network of {run} takes inputs {list(net.input_shape)}, {cfg['dataset']} has "
+                          f"{list(data.input_shape)}")
+    err = classification_error(net.to(a.device), data.x_test.to(a.device), data.y_test.to(a.device))
+    import json
+
     print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": net.units}))
     return 0
 
 
-def cmd_report(a) -> int:
+def cmd_report(a, argv, parser) -> int:
     from .diagnostics import write_report
-    from .infer import CheckpointError
+    from .runfiles import RunLock
     from .runs import load_run
 
-    try:
-        model, guide, _ = load_run(a.run_dir)
-    except (FileNotFoundError, CheckpointError) as e:
-        _fail(str(e))
-    for path in write_report(a.run_dir, model, guide):
+    model, guide, _ = load_run(a.run_dir)
+    with RunLock(a.run_dir):
+        paths = write_report(a.run_dir, model, guide)
+    for path in paths:
         print(path)
     return 0
 
 
-def cmd_reproduce(a) -> int:
-    from .reproduce import run
+def cmd_reproduce(a, argv, parser) -> int:
+    from .reproduce import markdown, run
 
     if a.seeds < 1:
         _fail(f"--seeds must be >= 1, got {a.seeds}")
     kl_scale = _parse_kl_scale(a.kl_scale)
-    try:
-        table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer,
-                    kl_scale=kl_scale or None)
-    except ValueError as e:
-        _fail(str(e))
-    from .reproduce import markdown
-
+    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer,
+                kl_scale=kl_scale or None)
     print(markdown(table))
     return 0
 
 
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``pyro-sparse`` command line; returns the exit status (0, or 130 after Ctrl-C in ``train``).
+
+    :raises SystemExit: 2 after one line on stderr for bad input (options, run-directory files, data); 1 after one
+        line for an unexpected error. With ``--debug`` / ``PYRO_SPARSE_DEBUG=1`` the exception propagates instead.
+    """
     from .settings import module_local_params
 
-    args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce}
-    with module_local_params():  # our parameters live in the modules; the caller's Pyro settings come back on exit
-        return commands[args.command](args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `pyro-sparse` alone: usage and the commands
+        parser.print_help()
+        return 0
+    debug = args.debug or os.environ.get("PYRO_SPARSE_DEBUG", "") not in ("", "0")
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        with module_local_params():  # our parameters live in the modules; the caller's Pyro settings come back
+            return COMMANDS[args.command](args, argv, sub)
+    except (PyroSparseError, ValueError, OSError) as e:  # bad input: one line, exit 2
+        if debug:
+            raise
+        print(f"pyro-sparse: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"pyro-sparse: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

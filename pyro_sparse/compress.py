@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .nn import DynamicGate, Select, Standardize, UnitModule
@@ -249,32 +249,35 @@ def _make_layer(entry: dict) -> nn.Module:
 
 def save_compressed(compact: nn.Sequential, run_dir: str | os.PathLike) -> None:
     """Write ``compact.json`` (spec, units, input shape) and ``compact.safetensors`` (tensors) atomically."""
+    from .runfiles import atomic_write_bytes
+
     run_dir = Path(run_dir)
     meta = {"spec": compact.spec, "units": compact.units, "input_shape": list(compact.input_shape)}
-    tmp_w = run_dir / (COMPACT_WEIGHTS + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in compact.state_dict().items()}, str(tmp_w))
-    tmp_s = run_dir / (COMPACT_SPEC + ".tmp")
-    tmp_s.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_w, run_dir / COMPACT_WEIGHTS)
-    os.replace(tmp_s, run_dir / COMPACT_SPEC)
+    tensors = {k: v.contiguous().cpu() for k, v in compact.state_dict().items()}
+    atomic_write_bytes(run_dir / COMPACT_WEIGHTS, save(tensors))
+    atomic_write_bytes(run_dir / COMPACT_SPEC, json.dumps(meta, indent=1).encode())
 
 
 def load_compressed(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Sequential:
     """Load the compact network of a finished run (``RUN_DIR/compact.{json,safetensors}``), never unpickling.
 
     :returns: ``nn.Sequential`` in eval mode taking inputs ``[B, *input_shape]`` as ``ToTensor()`` gives them.
-    :raises FileNotFoundError: the run has no compact network (not finished?).
-    :raises ValueError: the files are unreadable or do not match each other.
+    :raises MissingRunFileError: (a FileNotFoundError) the run has no compact network (not finished?).
+    :raises RunDirError: (a ValueError) the files are unreadable, of another version, or do not match each other.
     """
+    from .errors import MissingRunFileError, RunDirError, one_line
+
     run_dir = Path(run_dir)
     spec_path, weights_path = run_dir / COMPACT_SPEC, run_dir / COMPACT_WEIGHTS
     if not spec_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no compact network ({COMPACT_SPEC} and {COMPACT_WEIGHTS} expected)")
+        raise MissingRunFileError(f"{run_dir} holds no compact network ({COMPACT_SPEC} and {COMPACT_WEIGHTS} "
+                                  "expected: is the run finished?)")
     try:
         meta = json.loads(spec_path.read_text())
         compact = nn.Sequential(*[_make_layer(e) for e in meta["spec"]])
         compact.load_state_dict(load_file(str(weights_path)))
-    except Exception as e:  # corrupted or mismatched files
-        raise ValueError(f"cannot load the compact network from {run_dir}: {e}") from None
-    compact.spec, compact.units, compact.input_shape = meta["spec"], meta["units"], tuple(meta["input_shape"])
+        compact.spec, compact.units, compact.input_shape = meta["spec"], meta["units"], tuple(meta["input_shape"])
+    except Exception as e:  # corrupted, truncated, foreign or mismatched files
+        raise RunDirError(f"cannot load the compact network from {run_dir} ({one_line(e)}); expected the "
+                          f"{COMPACT_SPEC} and {COMPACT_WEIGHTS} written by pyro-sparse") from None
     return compact.to(device).eval()

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import DataFormatError, DataNotFoundError, InvalidInputError, one_line
+
 DATASETS = ("digits", "noise-digits", "mnist", "fashion-mnist")
 _IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 #: fixed split of scikit-learn digits: stratified, 25% test, ``random_state=0`` (1347 train / 450 test)
 DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, NOISE_SEED = 0.25, 0, 0
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The dataset is not in the given root folder (and was not to be downloaded)."""
 
 
 @dataclass
@@ -60,7 +58,16 @@ class Dataset:
 
 
 def default_root() -> str:
+    """``$PYRO_SPARSE_DATA`` if set, else ``./data``: where MNIST and Fashion-MNIST are looked for."""
     return os.environ.get("PYRO_SPARSE_DATA", "./data")
+
+
+def resolve_root(name: str, root: str | os.PathLike | None) -> str | None:
+    """The absolute data folder ``load_dataset(name, root)`` reads (``None`` for the built-in digits sets): recorded
+    in ``config.json`` so that ``evaluate`` and ``--resume`` find the same data without the environment variable."""
+    if name in ("digits", "noise-digits"):
+        return None
+    return str(Path(root or default_root()).resolve())
 
 
 def _digits(noise: bool) -> Dataset:
@@ -89,11 +96,16 @@ def _torchvision(name: str, root: str, download: bool) -> Dataset:
     try:
         train = cls(root=root, train=True, download=download)
         test = cls(root=root, train=False, download=download)
-    except RuntimeError as e:
-        raise DataNotFoundError(
-            f"{name} not found in {folder} (expected {', '.join(_IDX_FILES)}, optionally .gz); pass --data-root "
-            f"pointing at the folder that contains {cls.__name__}/raw, or download=True when online ({e})"
-        ) from None
+    except Exception as e:  # torchvision raises RuntimeError, AssertionError, ValueError… for missing or bad files
+        present = [f for f in _IDX_FILES if (folder / f).is_file() or (folder / f"{f}.gz").is_file()]
+        if len(present) < len(_IDX_FILES):
+            raise DataNotFoundError(
+                f"{name} not found in {folder} (expected {', '.join(_IDX_FILES)}, optionally .gz); pass --data-root "
+                f"(or set PYRO_SPARSE_DATA) to the folder that contains {cls.__name__}/raw, or download=True when "
+                "online"
+            ) from None
+        raise DataFormatError(f"{name} files in {folder} are not valid IDX files ({one_line(e)}); expected the "
+                              f"original {', '.join(_IDX_FILES)}") from None
 
     def to_tensor(ds):
         return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
@@ -106,13 +118,14 @@ def _torchvision(name: str, root: str, download: bool) -> Dataset:
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Load a dataset by name (one of :data:`DATASETS`).
 
-    :raises ValueError: unknown name. :raises DataNotFoundError: image data missing from ``root``.
+    :raises InvalidInputError: unknown name (a ValueError). :raises DataNotFoundError: image data missing from
+        ``root``. :raises DataFormatError: the files are there but are not valid IDX files.
     """
     if name in ("digits", "noise-digits"):
         return _digits(noise=name == "noise-digits")
     if name in ("mnist", "fashion-mnist"):
         return _torchvision(name, str(root or default_root()), download)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    raise InvalidInputError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
 def subset(ds: Dataset, n_train: int | None = None, n_test: int | None = None) -> Dataset:
@@ -131,13 +144,13 @@ def split_validation(ds: Dataset, n_val: int, seed: int = VAL_SPLIT_SEED) -> Dat
     Returns a new :class:`Dataset` whose ``x_train [N − n_val, ...]`` no longer holds them and whose
     ``x_val [n_val, ...]`` / ``y_val [n_val]`` do; the test set is untouched. The split depends on ``seed`` only.
 
-    :raises ValueError: ``n_val`` not in ``1 … N − 1``, or ``ds`` already has a validation split.
+    :raises InvalidInputError: ``n_val`` not in ``1 … N − 1``, or ``ds`` already has a validation split.
     """
     n = ds.x_train.shape[0]
     if ds.x_val is not None:
-        raise ValueError(f"{ds.name} already has a validation split of {ds.x_val.shape[0]} examples")
+        raise InvalidInputError(f"{ds.name} already has a validation split of {ds.x_val.shape[0]} examples")
     if not 0 < n_val < n:
-        raise ValueError(f"validation size must be between 1 and {n - 1} (the training set has {n} examples), "
+        raise InvalidInputError(f"validation size must be between 1 and {n - 1} (the training set has {n} examples), "
                          f"got {n_val}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val].sort().values, perm[n_val:].sort().values

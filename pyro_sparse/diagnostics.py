@@ -18,7 +18,6 @@ Plots (matplotlib, each returns the ``Figure``): :func:`plot_unit_summary`, :fun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +184,18 @@ def plot_first_layer(model, guide, image_shape: tuple[int, int] = (28, 28), unit
 
 
 def plot_training_curves(run_dir: str | Path):
-    """Loss, train/test error and surviving weights per epoch from ``RUN_DIR/log.jsonl``."""
+    """Loss, train/test error and surviving weights per epoch from ``RUN_DIR/log.jsonl``.
+
+    :raises MissingRunFileError: no log (or an empty one). :raises RunDirError: a corrupted log.
+    """
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in (Path(run_dir) / "log.jsonl").read_text().splitlines() if ln.strip()]
+    from .errors import MissingRunFileError
+    from .runfiles import read_log
+
+    rows = read_log(run_dir, torn_ok=False)
+    if not rows:
+        raise MissingRunFileError(f"{run_dir} holds no training log (log.jsonl missing or empty)")
     ep = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3))
     axes[0].plot(ep, [r["loss"] for r in rows], label="−ELBO / N")
@@ -215,6 +222,10 @@ def write_report(run_dir: str | Path, model, guide) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .runfiles import read_log
+
+    if not read_log(run_dir, torn_ok=False):  # one-line errors for a missing or corrupted log, before any plot
+        plot_training_curves(run_dir)
     out = Path(run_dir) / "report"
     out.mkdir(exist_ok=True)
     written = []

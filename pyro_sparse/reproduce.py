@@ -22,6 +22,8 @@ from pathlib import Path
 
 from pyro_sparse.models import METHODS
 
+from .errors import RunDirError
+from .runfiles import read_json
 from .settings import module_local_params
 
 BUDGETS = {
@@ -85,17 +87,19 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
     from .cli import main as cli
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; expected a folder for the reproduction")
     epochs = BUDGETS[budget][arch]
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(seeds):  # before training anything: every stage already there must match the KL scale
         for method in methods:
             cfg_path = out / f"seed{seed}" / method / "config.json"
             want = (kl_scale or None) if method in KL_SCALED_METHODS else None
-            had = json.loads(cfg_path.read_text()).get("kl_scale") if cfg_path.is_file() else want
+            had = read_json(cfg_path, "run configuration").get("kl_scale") if cfg_path.is_file() else want
             if had != want:
-                raise ValueError(f"{cfg_path.parent} was trained with kl_scale {had}, this reproduction asks for "
-                                 f"{want}; choose another --out")
+                raise RunDirError(f"{cfg_path.parent} was trained with kl_scale {had}, this reproduction asks for "
+                                  f"{want}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     for seed in range(seeds):
         seed_dir = out / f"seed{seed}"
         for method in methods:
@@ -106,11 +110,12 @@ def run(arch: str, budget: str, out: str | Path, dataset: str = "mnist", data_ro
                 code = cli(args + (["--resume"] if resume else []))
                 if code:
                     raise SystemExit(code)
-            per_method[method].append(json.loads((run_dir / "metrics.json").read_text()))
+            per_method[method].append(read_json(run_dir / "metrics.json", "metrics file"))
     command = (f"pyro-sparse reproduce --arch {arch} --budget {budget} --dataset {dataset}"
                + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}"
                + ("" if peer else " --no-peer") + "".join(" " + a for a in _kl_scale_args(kl_scale)))
-    stages = {m: [json.loads((out / f"seed{s}" / m / "config.json").read_text()).get("command") for s in range(seeds)]
+    stages = {m: [read_json(out / f"seed{s}" / m / "config.json", "run configuration").get("command")
+                  for s in range(seeds)]
               for m in methods}
     table = {"arch": arch, "dataset": dataset, "budget": budget, "seeds": seeds, "epochs": epochs,
              "kl_scale": kl_scale or None, "command": command, "stage_commands": stages,

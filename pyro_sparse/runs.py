@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (64,), "noise-digits": (128,)}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """``(model, guide, config)`` of the run in ``run_dir`` with the weights of its last checkpoint.
 
-    :raises FileNotFoundError: no ``config.json``. :raises CheckpointError: missing or corrupted checkpoint.
+    :raises RunDirError: ``config.json`` missing, corrupted or of another version.
+    :raises CheckpointError: missing or corrupted checkpoint, or one that does not fit the recorded model.
     """
     from pyro_sparse.guides import MeanFieldGuide
     from pyro_sparse.models import build_model
 
-    from .infer import load_checkpoint
+    from .errors import CheckpointError, RunDirError, one_line
+    from .runfiles import load_checkpoint, read_config
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no run (config.json missing)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_config(run_dir)
     ckpt = load_checkpoint(run_dir)
-    model = build_model(cfg["arch"], cfg["method"], INPUT_SHAPES[cfg["dataset"]], 10, 
-                        **cfg.get("net_kwargs", cfg.get("unit_kwargs", {})))
+    try:
+        model = build_model(cfg["arch"], cfg["method"], tuple(cfg["input_shape"]), 10, **cfg["net_kwargs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunDirError(f"{run_dir / 'config.json'} does not describe a model ({one_line(e)})") from None
     guide = MeanFieldGuide(model)
-    model.load_state_dict(ckpt["model"])
-    guide.load_state_dict(ckpt["guide"])
+    try:
+        model.load_state_dict(ckpt["model"])
+        guide.load_state_dict(ckpt["guide"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint in {run_dir} does not fit its recorded model ({one_line(e)})") from None
     return model.to(device).eval(), guide.to(device).eval(), cfg

@@ -105,8 +105,8 @@ def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
     reparsed = pyro_sparse.cli.build_parser().parse_args(cfg["command"].split()[1:])
     assert reparsed.kl_scale == ["fc1=4"]
     # the scale is part of the run's identity: --resume with another scale is refused, naming it
-    code, err = _cli([*args[:-4], "--kl-scale", "fc1=8", "--resume", "--out", str(out)], capsys)
-    assert code == 2 and "kl_scale was {'fc1': 4.0}, now {'fc1': 8.0}" in err
+    code, err = _cli([*args[:-6], "--kl-scale", "fc1=8", "--resume", "--out", str(out)], capsys)
+    assert code == 2 and "--kl-scale {'fc1': 8.0} contradicts the recorded {'fc1': 4.0}" in err
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
         (["--method", "svd", "--arch", "logreg", "--dataset", "cifar"], "invalid choice: 'cifar'"),
         (["--method", "svd", "--arch", "lenet5", "--dataset", "digits"], "lenet5 expects 28x28 images"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "0"], "--epochs must be"),
-        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr", "-1"], "--lr must be positive"),
+        (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr", "-1"], "--lr must be > 0, got -1.0"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--lr-latent", "0"], "--lr-latent must be"),
         (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--train-clip"], "--train-clip applies to"),
         (["--method", "bb", "--arch", "logreg", "--dataset", "digits", "--train-clip-from", "3"],
@@ -125,7 +125,7 @@ def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--train-clip", "--train-clip-from", "3"],
          "exclude each other"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--train-clip-from", "-1"],
-         "train-clip-from must be an epoch >= 0"),
+         "--train-clip-from must be an epoch in 0 … 99"),
         (["--method", "svd", "--arch", "lenet300", "--dataset", "mnist", "--data-root", "/nonexistent"],
          "train-images-idx3-ubyte"),
         (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1=0"],
@@ -158,21 +158,23 @@ def test_cli_refuses_to_overwrite_and_resumes_nothing_corrupt(tmp_path, capsys):
     assert code == 2 and "already holds files" in err
     assert (out / "keep.txt").read_text() == "precious"
     # a corrupted checkpoint: resume and init-from fail cleanly
-    (out / "config.json").write_text(json.dumps({"method": "svd", "arch": "logreg", "dataset": "digits", "seed": 0,
-                                                 "epochs": 7}))
-    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "7",
-                      "--out", str(out), "--resume"], capsys)
+    run = tmp_path / "done"
+    assert main(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--out",
+                 str(run), "--quiet", "--no-latency"]) == 0
+    (run / "metrics.json").unlink()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--epochs", "1",
+                      "--out", str(run), "--resume"], capsys)
     assert code == 2 and "corrupted" in err and len(err.splitlines()) == 1
     code, err = _cli(["train", "--method", "svd", "--arch", "logreg", "--dataset", "digits", "--out",
-                      str(tmp_path / "new"), "--init-from", str(out)], capsys)
-    assert code == 2 and "corrupted" in err
+                      str(tmp_path / "new"), "--init-from", str(run)], capsys)
+    assert code == 2 and "corrupted" in err and not (tmp_path / "new").exists()
     code, err = _cli(["evaluate", str(tmp_path / "missing")], capsys)
     assert code == 2 and "config.json" in err
     assert (out / "keep.txt").read_text() == "precious"
-    code, err = _cli(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--epochs", "7",
-                      "--out", str(out), "--resume"], capsys)
-    assert code == 2 and "method was 'svd', now 'bb'" in err
+    code, err = _cli(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--epochs", "1",
+                      "--out", str(run), "--resume"], capsys)
+    assert code == 2 and "--method 'bb' contradicts the recorded 'svd'" in err
 
 
 def test_console_script_has_no_traceback(tmp_path):
@@ -288,4 +290,4 @@ def test_cli_val_size_is_recorded_and_part_of_the_resume_identity(tmp_path, caps
     assert json.loads((out / "metrics.json").read_text())["val_size"] == 200
     (out / "metrics.json").unlink()
     code, err = _cli([*base, "--resume", "--val-size", "100"], capsys)
-    assert code == 2 and "val_size was 200, now 100" in err
+    assert code == 2 and "--val-size 100 contradicts the recorded 200" in err

@@ -11,6 +11,7 @@ final state as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,20 +24,29 @@ from tqdm import tqdm
 
 from ..compress import compress, save_compressed
 from ..data import Dataset
+from ..errors import CheckpointError, DivergenceError, InvalidInputError
 from ..metrics import classification_error, latency_report, summarize
 from ..nn import set_train_clip
 from ..poutine import check_kl_scale, kl_scale, resolve_kl_scale
+from ..runfiles import (
+    CHECKPOINT,
+    LOG,
+    METRICS,
+    RunLock,
+    append_line,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+)
+from ..runfiles import recover as recover_run_dir
 from ..settings import module_local_params, prepare_module_local
 from .elbo import SparseELBO
 
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
-METRICS = "metrics.json"
 SCHEDULES = ("constant", "linear", "step")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model."""
+#: seeds must fit ``pyro.set_rng_seed`` (NumPy's 32-bit seeds)
+MAX_SEED = 2**32 - 1
+__all__ = ["CHECKPOINT", "LOG", "METRICS", "CheckpointError", "TrainConfig", "fit", "load_checkpoint",
+           "make_optimizer"]
 
 
 @dataclass
@@ -77,22 +87,59 @@ class TrainConfig:
     train_clip_from: int | None = None
     kl_scale: dict[str, float] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs <= 0:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
-        for name in ("lr", "lr_latent"):
+    def validate(self, flag_prefix: str = "") -> None:
+        """Check every field: finite, in range, consistent with the others.
+
+        :param flag_prefix: put before field names in messages (the CLI passes ``"--"``: ``--lr must be > 0``).
+        :raises InvalidInputError: (a ``ValueError``) naming the field, its value and what was expected.
+        """
+
+        def bad(name: str, value, expected: str):
+            raise InvalidInputError(f"{flag_prefix}{name.replace('_', '-')} must be {expected}, got {value!r}")
+
+        def number(name: str, positive: bool = False, non_negative: bool = False, optional: bool = False):
             v = getattr(self, name)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+            if v is None and optional:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(name, v, "a finite number")
+            if positive and not v > 0:
+                bad(name, v, "> 0")
+            if non_negative and not v >= 0:
+                bad(name, v, ">= 0")
+
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                bad(name, v, "a positive integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", self.seed, f"an integer in 0 … {MAX_SEED}")
+        number("lr", positive=True)
+        number("lr_latent", positive=True, optional=True)
+        number("weight_decay", non_negative=True)
+        number("weight_threshold")
+        number("unit_threshold", positive=True, optional=True)
+        number("decay_start")
+        if not 0 <= self.decay_start <= 1:
+            bad("decay_start", self.decay_start, "a fraction of the epochs in [0, 1]")
         if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        if self.train_clip_from is not None and self.train_clip_from < 0:
-            raise ValueError(f"train-clip-from must be an epoch >= 0, got {self.train_clip_from}")
-        check_kl_scale(self.kl_scale)
+            bad("lr_schedule", self.lr_schedule, f"one of {', '.join(SCHEDULES)}")
+        for name in ("warmup_start", "warmup_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                bad(name, v, "an epoch >= 0")
         if self.warmup_end < self.warmup_start:
-            raise ValueError(f"warmup_end ({self.warmup_end}) must be >= warmup_start ({self.warmup_start})")
+            raise InvalidInputError(f"warmup END ({self.warmup_end}) must be >= START ({self.warmup_start})")
+        if self.train_clip_from is not None and (
+                isinstance(self.train_clip_from, bool) or not isinstance(self.train_clip_from, int)
+                or not 0 <= self.train_clip_from < self.epochs):
+            bad("train_clip_from", self.train_clip_from, f"an epoch in 0 … {self.epochs - 1} (0-based, < epochs)")
+        if not isinstance(self.kl_scale, dict):
+            bad("kl_scale", self.kl_scale, "a {layer: scale} mapping")
+        try:
+            check_kl_scale(self.kl_scale)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
 
     def kl_weight(self, epoch: int) -> float:
         """KL warm-up β for ``epoch`` (0-based)."""
@@ -108,33 +155,6 @@ class TrainConfig:
         if self.lr_schedule == "step":
             return 0.1 ** ((epoch >= 0.5 * self.epochs) + (epoch >= 0.8 * self.epochs))
         return 1.0
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(run_dir: str | os.PathLike) -> dict:
-    """Read ``RUN_DIR/checkpoint.pt`` safely (``weights_only=True``). :raises CheckpointError: missing/corrupted."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not {"epoch", "model", "guide", "optimizer"} <= set(ckpt):
-            raise ValueError("missing keys")
-        return ckpt
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted ({first})") from None
 
 
 def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -162,22 +182,37 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     (``val_error``, percent) when ``data`` has a validation split (:func:`pyro_sparse.data.split_validation`).
 
     :param run_dir: where ``log.jsonl``, ``checkpoint.pt``, the compact network and ``metrics.json`` go (None: keep
-        nothing on disk).
-    :param resume: continue from ``RUN_DIR/checkpoint.pt``.
+        nothing on disk). Held with :class:`~pyro_sparse.runfiles.RunLock` (one writer) while training.
+    :param resume: continue from ``RUN_DIR/checkpoint.pt`` (a directory killed before its first checkpoint starts
+        from the beginning); log lines past the checkpoint, torn lines and ``*.tmp`` leftovers are dropped first, so
+        the final directory equals an uninterrupted run's.
     :param meta: extra entries for ``metrics.json`` (method, arch, dataset…).
     :param callback: called as ``callback(record)`` after each epoch's checkpoint (e.g. early stopping by raising).
-    :raises CheckpointError: ``resume`` without a usable checkpoint.
-    :raises ValueError: an invalid ``cfg``, or a ``cfg.kl_scale`` layer without latent sites.
+    :raises CheckpointError: the checkpoint is corrupted or does not fit the model.
+    :raises InvalidInputError: an invalid ``cfg``, or a ``cfg.kl_scale`` layer without latent sites (ValueErrors).
+    :raises RunLockedError: another process is writing ``run_dir``.
+    :raises DivergenceError: a non-finite loss (named by epoch and step) or parameter; ``run_dir`` keeps the
+        checkpoint of the last finished epoch.
 
     Runs with module-local parameters (:func:`pyro_sparse.module_local_params`): Pyro's global param store is not
     touched, and the caller's ``pyro.settings`` are restored on return or exception.
     """
     cfg.validate()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    with RunLock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        return _fit(model, guide, data, cfg, run_dir, resume, progress, meta, callback)
+
+
+def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
+         meta: dict | None, callback) -> dict:
     prepare_module_local(model, guide)
     guide_fn = guide
     if cfg.kl_scale:
         if hasattr(guide, "site_names"):
-            resolve_kl_scale(guide.site_names, cfg.kl_scale)
+            try:
+                resolve_kl_scale(guide.site_names, cfg.kl_scale)
+            except ValueError as e:
+                raise InvalidInputError(str(e)) from None
         guide_fn = kl_scale(guide, cfg.kl_scale)
     device = torch.device(cfg.device)
     model.to(device)
@@ -186,9 +221,9 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     opt = make_optimizer(model, guide, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     elbo = SparseELBO()
-    run_dir = Path(run_dir) if run_dir is not None else None
-    start, train_seconds = 0, 0.0
-    if resume:
+    start, train_seconds, last_good = 0, 0.0, 0
+    record: dict = {}
+    if resume and (run_dir / CHECKPOINT).is_file():
         ckpt = load_checkpoint(run_dir)
         try:
             model.load_state_dict(ckpt["model"])
@@ -196,12 +231,16 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model: {e}") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model ({first})") from None
         start, train_seconds = ckpt["epoch"] + 1, float(ckpt.get("train_seconds", 0.0))
-        _truncate_log(run_dir / LOG, ckpt["epoch"])
+        last_good = start
+        kept = recover_run_dir(run_dir, ckpt["epoch"])
+        record = kept[-1] if kept and kept[-1]["epoch"] == start else {}
+    elif resume:  # killed (or diverged) before the first checkpoint: nothing was trained yet
+        recover_run_dir(run_dir, -1)
     x, y = data.x_train.to(device), data.y_train.to(device)
     n = x.shape[0]
-    record: dict = {}
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         seed = cfg.seed * 100003 + epoch
@@ -221,16 +260,23 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
             loss = elbo.differentiable_loss(model, guide_fn, xb, yb)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                _diverged(run_dir, last_good, f"at epoch {epoch + 1}, step {steps + 1}: the loss is {value}")
             loss.backward()
             opt.step()
             steps += 1
-            tot_loss += float(loss.detach()) / n
+            tot_loss += value / n
             tot_nll += elbo.nll / n
             wrong += int((elbo.last_return.argmax(-1) != yb).sum())
             if steps % 20 == 0:
                 seen = min(n, steps * cfg.batch_size)
                 bar.set_postfix(loss=f"{tot_loss / steps:.4f}", err=f"{100 * wrong / seen:.2f}%")
         sched.step()
+        bad = next((name for name, p in [*model.named_parameters(), *guide.named_parameters()]
+                    if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
         train_seconds += time.perf_counter() - t0
         compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
         record = {
@@ -256,23 +302,32 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
                 + f"test err {record['test_error']:.2f}%  "
                 f"units {'-'.join(map(str, compact.units))}"
             )
-        if run_dir is not None:
-            _atomic_torch_save(
+        if run_dir is not None:  # the log line first: a kill before the checkpoint drops it and redoes the epoch
+            append_line(run_dir / LOG, record)
+            atomic_torch_save(
                 {"epoch": epoch, "model": model.state_dict(), "guide": guide.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_seconds": train_seconds,
                  "config": json.dumps(asdict(cfg))},
                 run_dir / CHECKPOINT,
             )
-            with open(run_dir / LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        last_good = epoch + 1
         if callback is not None:
             callback(record)
     return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
 
 
+def _diverged(run_dir: Path | None, last_good: int, what: str):
+    where = "" if run_dir is None else (
+        f"; {run_dir} keeps its checkpoint of epoch {last_good}" if last_good else f"; {run_dir} has no checkpoint yet")
+    raise DivergenceError(f"training diverged {what}{where}; lower --lr / --lr-latent and start a new --out")
+
+
 def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, train_seconds: float,
              meta: dict | None = None, last: dict | None = None) -> dict:
-    """Compress, measure (one metrics function) and write ``metrics.json`` + the compact network to ``run_dir``."""
+    """Compress, measure (one metrics function) and write ``metrics.json`` + the compact network to ``run_dir``.
+
+    ``last``: the last epoch's log record (its ``nll``, ``kl`` and ``train_error`` go into ``metrics.json``).
+    """
     compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
     full = compress(model, guide, keep_all=True)
     metrics = {**(meta or {}), "epochs": cfg.epochs, "seed": cfg.seed}
@@ -288,13 +343,5 @@ def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None
         metrics.update(latency_report(compact, full))
     if run_dir is not None:
         save_compressed(compact, run_dir)
-        _atomic_json(metrics, run_dir / METRICS)
+        atomic_write_json(metrics, run_dir / METRICS)
     return metrics
-
-
-def _truncate_log(path: Path, last_epoch: int) -> None:
-    """Drop log lines written after the checkpoint (a run killed between the two writes)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch + 1]
-    path.write_text("".join(ln + "\n" for ln in keep))
