@@ -138,7 +138,9 @@ class Classifier(PyroModule):
         if samples:
             logits = logits.reshape(*samples, batch, logits.shape[-1])
         with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device), dim=-1):
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+            # no argument validation: non-finite logits (a diverging run) give a non-finite loss, which the training
+            # engine reports as divergence, instead of an error from inside the distribution
+            pyro.sample("obs", dist.Categorical(logits=logits, validate_args=False), obs=y)
         return logits
 
 

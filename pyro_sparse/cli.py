@@ -206,8 +206,9 @@ def _recorded_args(a, saved: dict, given: set[str]):
             now = list(now)
         if now != was:
             flag = "--" + dest.replace("_", "-")
-            _fail(f"--resume: {flag} {now!r} contradicts the recorded {was!r} of the run in {a.out}; drop {flag} to "
-                  "continue the recorded run, or start a new --out")
+            shown = was if was is not None else saved["config"].get(dest, "default")  # None: the method's default
+            _fail(f"--resume: {flag} {now!r} contradicts the recorded {shown!r} of the run in {a.out}; drop {flag} "
+                  "to continue the recorded run, or start a new --out")
     merged = {**recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
     return argparse.Namespace(**merged)
 
@@ -289,7 +290,7 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
     from .infer import fit
     from .models import build_model
     from .poutine import resolve_kl_scale
-    from .runfiles import CONFIG, CONFIG_FORMAT, LOCK, METRICS, RunLock, atomic_write_json, read_config
+    from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
 
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -300,7 +301,7 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
         a = _recorded_args(a, read_config(out), _given(parser, argv))
         if (out / METRICS).is_file():
             raise RunDirError(f"--resume: the run in {out} has already finished (metrics.json exists)")
-    elif out.is_dir() and any(f.name != LOCK for f in out.iterdir()):
+    elif not is_fresh(out):
         raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
     _validate_train_args(a)
@@ -341,8 +342,10 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
             print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
                   "taken over", file=sys.stderr)
         if not a.resume:
-            if any(f.name != LOCK for f in out.iterdir()):  # another process started it meanwhile
+            if not is_fresh(out):  # another process started it meanwhile
                 raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume")
+            for tmp in out.glob("*.tmp"):  # leftovers of a process killed before its config.json
+                tmp.unlink()
             args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()
                     if k not in ("command", "debug")}
             atomic_write_json({

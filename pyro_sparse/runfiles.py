@@ -32,11 +32,15 @@ _CHECKPOINT_KEYS = {"epoch", "model", "guide", "optimizer"}
 
 # ---- writers ----------------------------------------------------------------------------------------------------
 
+def _commit(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through ``path.tmp`` + ``os.replace`` (readers never see a partial file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _commit(tmp, path)
 
 
 def atomic_write_json(obj, path: Path) -> None:
@@ -49,10 +53,20 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
 def append_line(path: Path, record: dict) -> None:
     """Append one JSON line; a process killed mid-write leaves a torn last line, which :func:`recover` drops."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append(path, json.dumps(record) + "\n")
+
+
+def is_fresh(run_dir: Path) -> bool:
+    """``run_dir`` holds no run: it is missing, empty, or holds only a lock and ``*.tmp`` leftovers of a process
+    killed before it wrote ``config.json``."""
+    return not run_dir.is_dir() or all(f.name == LOCK or f.name.endswith(".tmp") for f in run_dir.iterdir())
 
 
 # ---- readers ----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -199,7 +200,9 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     """
     cfg.validate()
     run_dir = Path(run_dir) if run_dir is not None else None
-    with RunLock(run_dir) if run_dir is not None else contextlib.nullcontext():
+    with RunLock(run_dir) if run_dir is not None else contextlib.nullcontext(), warnings.catch_warnings():
+        # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
+        warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
         return _fit(model, guide, data, cfg, run_dir, resume, progress, meta, callback)
 
 
