@@ -10,15 +10,26 @@ import pyro_sparse  # noqa: F401  (registers the KLs; changes no Pyro setting)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--allow-missing-data", action="store_true",
+                     help="skip (instead of fail) the tests whose data (MNIST under $PYRO_SPARSE_DATA) is missing")
+
+
 def data_root() -> Path:
     return Path(os.environ.get("PYRO_SPARSE_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture
-def mnist_root() -> Path:
+def mnist_root(request) -> Path:
+    """The data root holding ``MNIST/raw``. Missing data fails the test, naming the folder, unless pytest runs
+    with ``--allow-missing-data`` (README), which skips it."""
     root = data_root()
     if not (root / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST not found under {root} (set PYRO_SPARSE_DATA)")
+        message = (f"MNIST not found under {root}/MNIST/raw: set PYRO_SPARSE_DATA to the folder holding MNIST/ "
+                   "(the repository's sibling shared/data by default), or pass --allow-missing-data to skip")
+        if request.config.getoption("--allow-missing-data"):
+            pytest.skip(message)
+        pytest.fail(message)
     return root
 
 

@@ -195,6 +195,8 @@ CLI = [
      "lacks a valid 'args' entry"),
     ("resume-ckpt", lambda r, t: [*BASE, "--out", str(_damage(r, "cut", t, "checkpoint.pt", b"\x00" * 9)),
                                   "--resume"], "unreadable or corrupted"),
+    ("resume-ckpt-truncated", lambda r, t: [*BASE, "--out", str(_truncate(r, "cut", t, "checkpoint.pt")),
+                                            "--resume"], "unreadable or corrupted"),
     ("resume-ckpt-keys", lambda r, t: [*BASE, "--out", str(_torch_file(r, "cut", t, {"a": torch.ones(1)})),
                                        "--resume"], "is not a pyro-sparse checkpoint"),
     ("resume-ckpt-pickle", lambda r, t: [*BASE, "--out", str(_torch_file(r, "cut", t, {"a": print})),
@@ -211,6 +213,8 @@ CLI = [
     ("eval-spec", lambda r, t: ["evaluate", str(_damage(r, "svd", t, "compact.json", "{]"))],
      "cannot load the compact network"),
     ("eval-weights", lambda r, t: ["evaluate", str(_damage(r, "svd", t, "compact.safetensors", b"abc"))],
+     "cannot load the compact network"),
+    ("eval-weights-truncated", lambda r, t: ["evaluate", str(_truncate(r, "svd", t, "compact.safetensors"))],
      "cannot load the compact network"),
     ("eval-mismatch", lambda r, t: ["evaluate", str(_swap(r, "svd", "dense_noise", t, "compact.safetensors"))],
      "cannot load the compact network"),
@@ -293,7 +297,7 @@ def _api_cases():
     from pyro_sparse.data import load_dataset, split_validation
     from pyro_sparse.infer import TrainConfig, fit, load_checkpoint
     from pyro_sparse.poutine import resolve_kl_scale
-    from pyro_sparse.runfiles import read_config, read_log
+    from pyro_sparse.runfiles import read_config, read_json, read_log
     from pyro_sparse.runs import load_run
 
     def cfg(**kw):
@@ -361,6 +365,9 @@ def _api_cases():
         ("arch-shape", lambda r, t: lambda: build_model("lenet5", "svd", (64,), 10), ValueError, "expects 28x28"),
         ("read-config", on(lambda r, t: _damage(r, "svd", t, "config.json", "nul"), read_config), errors.RunDirError,
          "not a readable JSON"),
+        ("read-metrics", on(lambda r, t: _truncate(r, "svd", t, "metrics.json"),
+                            lambda d: read_json(d / "metrics.json", "metrics file")), errors.RunDirError,
+         "is not a readable JSON metrics file"),
         ("read-log", on(lambda r, t: _damage(r, "svd", t, "log.jsonl", "[]\n"), read_log), errors.RunDirError,
          "line 1 is corrupted"),
         ("load-run", on(lambda r, t: _cfg_edit(r, "svd", t, arch="vgg"), load_run), errors.RunDirError,
