@@ -29,7 +29,7 @@ DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnis
 
 
 #: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)
-RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency")
+RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every")
 EPILOG = """environment:
   PYRO_SPARSE_DATA   folder holding MNIST/ and FashionMNIST/ (torchvision layout) when --data-root is not given
                      (default ./data); the folder used is recorded in RUN_DIR/config.json
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--progress-every", type=int, default=20, metavar="K",
+                   help="steps between progress-bar updates (each reads the running totals back from the device)")
     rp = sub.add_parser("reproduce", help="the papers' comparison table for one architecture (all methods)")
     rp.add_argument("--arch", required=True, choices=("lenet300", "lenet500", "lenet5"))
     rp.add_argument("--budget", required=True, choices=("smoke", "cpu", "paper"))
@@ -146,7 +148,7 @@ def _train_config(a, epochs: int):
         lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
         measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
-        kl_scale=_parse_kl_scale(a.kl_scale),
+        kl_scale=_parse_kl_scale(a.kl_scale), progress_every=a.progress_every,
     )
 
 

@@ -111,6 +111,7 @@ CLI = [
     ("warmup-order", lambda r, t: [*BASE, "--warmup", "5", "2"], "--warmup START END expects 0 <= START <= END"),
     ("warmup-neg", lambda r, t: [*BASE, "--warmup", "-1", "3"], "--warmup START END expects 0 <= START <= END"),
     ("warmup-one", lambda r, t: [*BASE, "--warmup", "1"], "expected 2 arguments"),
+    ("progress-0", lambda r, t: [*BASE, "--progress-every", "0"], "--progress-every must be a positive integer"),
     ("schedule", lambda r, t: [*BASE, "--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
     ("clip-neg", lambda r, t: [*BASE, "--train-clip-from", "-1"], "--train-clip-from must be an epoch in 0 … 99"),
     ("clip-past", lambda r, t: [*BASE, "--train-clip-from", "100"], "--train-clip-from must be an epoch in 0 … 99"),

@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Beta, Kumaraswamy, Normal
 from torch.distributions.kl import register_kl
 
+from .beta1 import Beta1
 from .log_uniform import LogUniform
 from .truncated import TruncatedLogNormal, TruncatedLogUniform
 
@@ -68,22 +69,29 @@ def kumaraswamy_expected_log1m(a: torch.Tensor, b: torch.Tensor, terms: int = KU
     return -b * (series + tail)
 
 
+def _kl_kumaraswamy_beta_closed(q: Kumaraswamy, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """All terms of KL(Kumaraswamy(a, b) ‖ Beta(α, β)) but the one in ``E_q[log(1 − π)]`` (exact for β = 1)."""
+    a, b = q.concentration1, q.concentration0
+    log_b_fn = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    return (1 - alpha / a) * (-EULER_GAMMA - torch.digamma(b) - 1 / b) + torch.log(a * b) + log_b_fn - (b - 1) / b
+
+
 @register_kl(Kumaraswamy, Beta)
 def _kl_kumaraswamy_beta(q: Kumaraswamy, p: Beta) -> torch.Tensor:
     """KL(Kumaraswamy(a, b) ‖ Beta(α, β)) (Nalisnick & Smyth 2017; Lee et al. 2018, Eq. 13).
 
     ``(1 − α/a)(−γ − ψ(b) − 1/b) + log(ab) + log B(α, β) − (b − 1)/b − (β − 1)·E_q[log(1 − π)]``;
-    the last term vanishes (and the result is exact) for β = 1.
+    the last term vanishes (and the result is exact) for β = 1. A general ``Beta`` prior decides on the host whether
+    it needs the series (one read per call); :class:`~pyro_sparse.distributions.Beta1` (the BB prior) never does.
     """
-    a, b = q.concentration1, q.concentration0
     alpha, beta = p.concentration1, p.concentration0
-    log_b_fn = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
-    kl = (
-        (1 - alpha / a) * (-EULER_GAMMA - torch.digamma(b) - 1 / b)
-        + torch.log(a * b)
-        + log_b_fn
-        - (b - 1) / b
-    )
+    kl = _kl_kumaraswamy_beta_closed(q, alpha, beta)
     if bool((beta != 1).any()):
-        kl = kl - (beta - 1) * kumaraswamy_expected_log1m(a, b)
+        kl = kl - (beta - 1) * kumaraswamy_expected_log1m(q.concentration1, q.concentration0)
     return kl
+
+
+@register_kl(Kumaraswamy, Beta1)
+def _kl_kumaraswamy_beta1(q: Kumaraswamy, p: Beta1) -> torch.Tensor:
+    """KL(Kumaraswamy(a, b) ‖ Beta(α, 1)), exact: the Eq. 13 terms without the series (β − 1 = 0)."""
+    return _kl_kumaraswamy_beta_closed(q, p.concentration1, p.concentration0)

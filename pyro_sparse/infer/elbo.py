@@ -22,8 +22,11 @@ class MissingAnalyticKLError(NotImplementedError):
 class SparseELBO(TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` that (1) raises :class:`MissingAnalyticKLError`, naming the site, instead of falling
     back to a Monte-Carlo KL, (2) scales every KL by ``kl_weight`` (KL warm-up β_t ∈ [0, 1]), and (3) keeps the last
-    step's ``nll`` and ``kl`` (floats, nats per the whole data set: NLL scaled by N/B, unweighted KL).
+    step's ``nll`` and ``kl`` (detached 0-d tensors on the loss's device, nats per the whole data set: NLL scaled by
+    N/B, unweighted KL), so that a training step reads nothing back to the host.
 
+    :meth:`differentiable_loss` returns the loss tensor without Pyro's NaN/inf warning or any ``item()`` (no
+    host-device synchronisation); the training engine checks finiteness when it reads its accumulated totals.
     With ``kl_weight = 1`` its loss equals ``TraceMeanField_ELBO``'s for the same traces.
     """
 
@@ -31,9 +34,16 @@ class SparseELBO(TraceMeanField_ELBO):
         kwargs.setdefault("max_plate_nesting", 1)
         super().__init__(**kwargs)
         self.kl_weight = kl_weight
-        self.nll = float("nan")
-        self.kl = float("nan")
+        self.nll = torch.tensor(float("nan"))
+        self.kl = torch.tensor(float("nan"))
         self.last_return = None
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """``−ELBO`` estimate (0-d tensor with gradients), averaged over ``num_particles``; no host read."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._surrogate(model_trace, guide_trace) / self.num_particles
+        return loss
 
     def _get_trace(self, model, guide, args, kwargs):
         """Guide trace, then the model replayed against it; log-probs only where the loss uses them.
@@ -54,6 +64,11 @@ class SparseELBO(TraceMeanField_ELBO):
         return model_trace, guide_trace
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        """Pyro's particle API (``loss``, ``loss_and_grads``, ``SVI``): ``(float loss, surrogate tensor)``."""
+        surrogate = self._surrogate(model_trace, guide_trace)
+        return float(surrogate.detach()), surrogate
+
+    def _surrogate(self, model_trace, guide_trace) -> torch.Tensor:
         nll = 0.0
         kl = 0.0
         for name, model_site in model_trace.nodes.items():
@@ -75,11 +90,10 @@ class SparseELBO(TraceMeanField_ELBO):
                 ) from None
             kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
             kl = kl + (kl_qp.sum() if torch.is_tensor(kl_qp) else kl_qp)
-        surrogate = nll + self.kl_weight * kl
-        self.nll = float(nll.detach()) if torch.is_tensor(nll) else float(nll)
-        self.kl = float(kl.detach()) if torch.is_tensor(kl) else float(kl)
-        loss = float(surrogate.detach())
-        return loss, surrogate
+        surrogate = torch.as_tensor(nll + self.kl_weight * kl)
+        self.nll = torch.as_tensor(nll).detach()
+        self.kl = torch.as_tensor(kl, device=self.nll.device).detach()
+        return surrogate
 
 
 def _describe(fn) -> str:

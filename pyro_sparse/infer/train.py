@@ -69,6 +69,9 @@ class TrainConfig:
     :ivar kl_scale: ``{layer: s}``: the KL of that layer's latent sites is multiplied by ``s`` (> 0) in the
         objective (:func:`pyro_sparse.poutine.kl_scale`; the BB authors' code uses conv1 40, conv2 16 on LeNet-5);
         empty (default): the ELBO. The logged ``kl`` is the objective's, with these scales.
+    :ivar progress_every: steps between progress-bar updates, each one host read of the epoch's running totals (and
+        of the divergence check); the totals are read once more at the end of the epoch. Steps themselves read
+        nothing back to the host.
     """
 
     epochs: int = 200
@@ -87,6 +90,7 @@ class TrainConfig:
     measure_latency: bool = True
     train_clip_from: int | None = None
     kl_scale: dict[str, float] = field(default_factory=dict)
+    progress_every: int = 20
 
     def validate(self, flag_prefix: str = "") -> None:
         """Check every field: finite, in range, consistent with the others.
@@ -109,7 +113,7 @@ class TrainConfig:
             if non_negative and not v >= 0:
                 bad(name, v, ">= 0")
 
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "progress_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(name, v, "a positive integer")
@@ -254,8 +258,14 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             set_train_clip(model, cfg.weight_threshold if epoch >= cfg.train_clip_from else None)
         model.train()
         guide.train()
-        tot_loss = tot_nll = 0.0
-        wrong = steps = 0
+        # the epoch's totals stay on the device; the host reads them every progress_every steps (progress bar)
+        # and once at the end of the epoch, never inside a step
+        tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+        tot_nll = torch.zeros((), dtype=torch.float64, device=device)
+        wrong = torch.zeros((), dtype=torch.long, device=device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+        bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        steps = 0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress else True, mininterval=1.0)
         for i in bar:
@@ -263,30 +273,34 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
             loss = elbo.differentiable_loss(model, guide_fn, xb, yb)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                _diverged(run_dir, last_good, f"at epoch {epoch + 1}, step {steps + 1}: the loss is {value}")
             loss.backward()
             opt.step()
             steps += 1
+            value = loss.detach().double()
+            newly = (first_bad < 0) & ~torch.isfinite(value)
+            first_bad = torch.where(newly, steps, first_bad)
+            bad_loss = torch.where(newly, value, bad_loss)
             tot_loss += value / n
-            tot_nll += elbo.nll / n
-            wrong += int((elbo.last_return.argmax(-1) != yb).sum())
-            if steps % 20 == 0:
+            tot_nll += elbo.nll.double() / n
+            wrong += (elbo.last_return.argmax(-1) != yb).sum()
+            if progress and steps % cfg.progress_every == 0:
+                _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
                 seen = min(n, steps * cfg.batch_size)
-                bar.set_postfix(loss=f"{tot_loss / steps:.4f}", err=f"{100 * wrong / seen:.2f}%")
+                bar.set_postfix(loss=f"{float(tot_loss) / steps:.4f}", err=f"{100 * int(wrong) / seen:.2f}%")
         sched.step()
-        bad = next((name for name, p in [*model.named_parameters(), *guide.named_parameters()]
-                    if not torch.isfinite(p).all()), None)
-        if bad is not None:
+        _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
+        params = [*model.named_parameters(), *guide.named_parameters()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+            bad = next(name for name, p in params if not torch.isfinite(p).all())
             _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
+        tot_loss, tot_nll, wrong = float(tot_loss), float(tot_nll), int(wrong)
         train_seconds += time.perf_counter() - t0
         compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
         record = {
             "epoch": epoch + 1,
             "loss": tot_loss / steps,
             "nll": tot_nll / steps,
-            "kl": elbo.kl,
+            "kl": float(elbo.kl),
             "kl_weight": elbo.kl_weight,
             "lr": opt.param_groups[0]["lr"],
             "train_error": 100.0 * wrong / n,
@@ -317,6 +331,14 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
         if callback is not None:
             callback(record)
     return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
+
+
+def _check_finite(first_bad: torch.Tensor, bad_loss: torch.Tensor, epoch: int, run_dir: Path | None,
+                  last_good: int) -> None:
+    """Read the divergence trackers (one host read); raise if a step of this epoch had a non-finite loss."""
+    step = int(first_bad)
+    if step >= 0:
+        _diverged(run_dir, last_good, f"at epoch {epoch + 1}, step {step}: the loss is {float(bad_loss)}")
 
 
 def _diverged(run_dir: Path | None, last_good: int, what: str):

@@ -52,7 +52,8 @@ class DBBGate(BBGate):
         self.register_buffer("num_batches", torch.tensor(0))
         self.register_buffer("beta_init", torch.ones(num_units), persistent=False)  # gates open at the start
         self.beta = PyroSample(
-            lambda self: Normal(torch.zeros_like(self.running_mean), self.rho.expand(self.num_units)).to_event(1)
+            lambda self: Normal(torch.zeros_like(self.running_mean), self.rho.expand(self.num_units),
+                                validate_args=False).to_event(1)
         )
 
     def factor(self, h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -64,14 +65,11 @@ class DBBGate(BBGate):
         self._check(x)
         h = _summary(x).detach()  # the gate reads its input without steering it (as the reference code does)
         if self.training:
-            with torch.no_grad():
+            with torch.no_grad():  # the first batch sets the statistics, later ones move them (no host read)
                 m, s = h.mean(0), h.std(0).clamp_min(1e-5) if h.shape[0] > 1 else torch.ones_like(h[0])
-                if int(self.num_batches) == 0:
-                    self.running_mean.copy_(m)
-                    self.running_std.copy_(s)
-                else:
-                    self.running_mean.lerp_(m, self.momentum)
-                    self.running_std.lerp_(s, self.momentum)
+                weight = torch.where(self.num_batches == 0, 1.0, self.momentum).to(m.dtype)
+                self.running_mean.lerp_(m, weight)
+                self.running_std.lerp_(s, weight)
                 self.num_batches += 1
         pi = local_sample(self.pi, x.shape[0])
         beta = local_sample(self.beta, x.shape[0])

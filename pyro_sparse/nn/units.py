@@ -10,11 +10,12 @@ its posterior summary (``keep`` mask and multiplier) folded into the next weight
 from __future__ import annotations
 
 import torch
-from pyro.distributions import Beta, RelaxedBernoulli
 from pyro.nn import PyroModule, PyroSample
 from torch import nn
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
+from torch.distributions.transforms import SigmoidTransform
 
-from ..distributions import TruncatedLogUniform
+from ..distributions import Beta1, TruncatedLogUniform
 from ..poutine import local_sample
 
 
@@ -56,9 +57,14 @@ class SBPNoise(UnitModule):
 
     def __init__(self, num_units: int, a: float = -20.0, b: float = 0.0):
         super().__init__(num_units)
+        if not float(a) < float(b):
+            raise ValueError(f"SBPNoise needs a < b (log θ bounds), got a={a}, b={b}")
         self.register_buffer("a", torch.tensor(float(a)))
         self.register_buffer("b", torch.tensor(float(b)))
-        self.theta = PyroSample(lambda self: TruncatedLogUniform(self.a, self.b).expand([self.num_units]).to_event(1))
+        # checked above once; validate_args=False keeps the per-step prior free of host reads
+        self.theta = PyroSample(
+            lambda self: TruncatedLogUniform(self.a, self.b, validate_args=False).expand([self.num_units]).to_event(1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -70,7 +76,8 @@ class SBPNoise(UnitModule):
 
 
 class BBGate(UnitModule):
-    """Beta-Bernoulli dropout gate (Lee et al. 2018): ``π_k ~ Beta(α/K, 1)``, ``z_nk ~ Bernoulli(π_k)``.
+    """Beta-Bernoulli dropout gate (Lee et al. 2018): ``π_k ~ Beta(α/K, 1)``
+    (:class:`~pyro_sparse.distributions.Beta1`), ``z_nk ~ Bernoulli(π_k)``.
 
     ``z`` is drawn per example from a relaxed Bernoulli (concrete) of temperature ``temperature`` and carries no KL
     (q(z|π) = p(z|π)); only π is a latent site. Pruning: units with ``E[π] < threshold`` (default 1e-3) are
@@ -88,16 +95,18 @@ class BBGate(UnitModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.register_buffer("alpha_over_k", torch.tensor(float(alpha_over_k)))
+        if not float(alpha_over_k) > 0:
+            raise ValueError(f"alpha_over_k must be > 0, got {alpha_over_k}")
         self.pi = PyroSample(
-            lambda self: Beta(self.alpha_over_k, torch.ones_like(self.alpha_over_k))
-            .expand([self.num_units])
-            .to_event(1)
+            lambda self: Beta1(self.alpha_over_k, validate_args=False).expand([self.num_units]).to_event(1)
         )
 
     def gate(self, pi: torch.Tensor) -> torch.Tensor:
         """Relaxed Bernoulli gate with keep probability ``pi`` (any shape)."""
         pi = pi.clamp(1e-6, 1 - 1e-6)
-        return RelaxedBernoulli(torch.tensor(self.temperature, device=pi.device), probs=pi).rsample()
+        # RelaxedBernoulli(τ, π).rsample() written out, so that no argument check reads π back to the host
+        temperature = torch.tensor(self.temperature, device=pi.device)
+        return SigmoidTransform()(LogitRelaxedBernoulli(temperature, probs=pi, validate_args=False).rsample())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
