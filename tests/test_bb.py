@@ -49,6 +49,27 @@ def test_kl_exact_for_beta_one():
     assert kl_divergence(q.to_event(1), p.expand([2]).to_event(1)).shape == ()
 
 
+@pytest.mark.parametrize("a, b, alpha", [(0.3, 1.0, 1e-4), (2.0, 3.0, 1.0), (0.8, 5.0, 0.5), (3.0, 0.5, 1e-2)])
+def test_kl_kumaraswamy_beta1_matches_beta_and_monte_carlo(a, b, alpha):
+    """The BB prior's own type Beta1 = Beta(α, 1): same density, same KL as the general pair (which takes the
+    exact branch for β = 1), equal to a Monte-Carlo estimate; ``expand`` keeps the type (and so the KL)."""
+    from pyro_sparse.distributions import Beta1
+
+    torch.manual_seed(0)
+    q = dist.Kumaraswamy(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    p1 = Beta1(torch.tensor(alpha, dtype=torch.float64))
+    p = dist.Beta(torch.tensor(alpha, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    x = q.rsample((1_000_000,)).clamp(1e-300, 1 - 1e-16)
+    assert torch.allclose(p1.log_prob(x[:100]), p.log_prob(x[:100]))
+    assert kl_divergence(q, p1).item() == pytest.approx(kl_divergence(q, p).item(), rel=1e-12)
+    diff = q.log_prob(x) - p1.log_prob(x)
+    se = (diff.std() / math.sqrt(diff.numel())).item()
+    assert abs(kl_divergence(q, p1).item() - diff.mean().item()) < 5 * se + 1e-3
+    wide = p1.expand([3])
+    assert type(wide) is Beta1 and wide.batch_shape == (3,)
+    assert kl_divergence(q.expand([3]).to_event(1), wide.to_event(1)).shape == ()
+
+
 @pytest.mark.parametrize("a, b", [(0.37, 1.0), (2.0, 3.0), (0.5, 0.5)])
 def test_expected_pi_matches_monte_carlo(a, b):
     torch.manual_seed(0)
