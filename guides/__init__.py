@@ -98,6 +98,8 @@ class MeanFieldGuide(PyroModule):
             init = getattr(module, f"{attr}_init", None)
             self.sites[_key(name)] = family.from_site(base, init, prior.shape())
             self._names.append(name)
+        if hasattr(model, "bind_guide"):  # a SparseModel reads this guide's posterior in .eval() mode
+            model.bind_guide(self)
 
     @property
     def site_names(self) -> list[str]:

@@ -134,7 +134,7 @@ class Classifier(PyroModule):
         samples = sample_shape()
         if samples:  # S copies of the batch, one per sample of the latents
             x = x.expand(math.prod(samples), *x.shape).reshape(-1, *x.shape[1:])
-        logits = self.net(x)
+        logits = self.network(x)
         if samples:
             logits = logits.reshape(*samples, batch, logits.shape[-1])
         with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device), dim=-1):
@@ -142,6 +142,12 @@ class Classifier(PyroModule):
             # engine reports as divergence, instead of an error from inside the distribution
             pyro.sample("obs", dist.Categorical(logits=logits, validate_args=False), obs=y)
         return logits
+
+
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the network on ``x [B (or S·B), *input_shape]``; subclasses change how the net runs
+        (:class:`pyro_sparse.SparseModel` attaches its latents here)."""
+        return self.net(x)
 
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,

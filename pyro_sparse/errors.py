@@ -49,6 +49,17 @@ class DivergenceError(PyroSparseError, FloatingPointError):
     """Training produced a non-finite loss or parameter; the run directory keeps its last good checkpoint."""
 
 
+class UnsupportedModelError(PyroSparseError, ValueError):
+    """A network construct that :func:`pyro_sparse.sparsify` or :func:`pyro_sparse.compact` cannot handle exactly
+    (a layer type it cannot prune, a graph the tracer cannot follow); the message names the module and the way
+    out (``exclude=``)."""
+
+
+class CompactMismatchError(PyroSparseError, RuntimeError):
+    """:func:`pyro_sparse.compact` built a network that does not equal the model in ``.eval()`` mode on the probe
+    batch; the message names the first layer that differs."""
+
+
 def one_line(e: BaseException) -> str:
     """The first line of ``e``'s message (its type name if it has none), whitespace collapsed."""
     text = str(e).strip().splitlines()

@@ -61,8 +61,7 @@ class DBBGate(BBGate):
         z = self.gamma * (h - self.running_mean) / self.running_std + beta
         return z.clamp(self.eps, 1 - self.eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
+    def multiplier(self, x: torch.Tensor) -> torch.Tensor:
         h = _summary(x).detach()  # the gate reads its input without steering it (as the reference code does)
         if self.training:
             with torch.no_grad():  # the first batch sets the statistics, later ones move them (no host read)
@@ -73,7 +72,13 @@ class DBBGate(BBGate):
                 self.num_batches += 1
         pi = local_sample(self.pi, x.shape[0])
         beta = local_sample(self.beta, x.shape[0])
-        return x * _broadcast_units(self.gate(pi * self.factor(h, beta)), x)
+        return self.gate(pi * self.factor(h, beta))
+
+    def test_multiplier(self, x: torch.Tensor, posterior: dict, threshold: float | None = None) -> torch.Tensor:
+        """Eq. 24: ``E[π]·clamp(γ (h − μ)/s + E[β], ε, 1 − ε)`` per example ``[B, K]``, zeroed below the threshold."""
+        threshold = self.default_threshold if threshold is None else threshold
+        g = posterior["pi"].mean.detach() * self.factor(_summary(x), posterior["beta"].mean.detach())
+        return torch.where(g >= threshold, g, torch.zeros_like(g))
 
 
 class DynamicGate(nn.Module):

@@ -44,6 +44,21 @@ class UnitModule(PyroModule):
         """Posterior summary → ``(keep [K] bool, multiplier [K])`` from the guide distribution ``q`` (batch [K])."""
         raise NotImplementedError
 
+    def multiplier(self, x: torch.Tensor) -> torch.Tensor:
+        """The training-time multiplier of the units of ``x [B, K, ...]``: ``[B, K]`` (per-example draws) or ``[K]``
+        (one global value). ``forward(x) = x · multiplier(x)``."""
+        raise NotImplementedError
+
+    def test_multiplier(self, x: torch.Tensor, posterior: dict, threshold: float | None = None) -> torch.Tensor:
+        """The deterministic test-time multiplier ``[K]`` (or ``[B, K]`` for input-dependent gates): the posterior
+        summary on kept units, 0 on pruned ones. ``posterior``: ``{attribute: guide distribution}``."""
+        keep, mult = self.keep(posterior[self.latent_site], threshold)
+        return torch.where(keep, mult, torch.zeros_like(mult))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return x * _broadcast_units(self.multiplier(x), x)
+
 
 class SBPNoise(UnitModule):
     """Multiplicative log-normal noise ``x_k · θ_k`` with prior ``log θ_k ~ Uniform(a, b)`` (Neklyudov et al. 2017).
@@ -66,9 +81,8 @@ class SBPNoise(UnitModule):
             lambda self: TruncatedLogUniform(self.a, self.b, validate_args=False).expand([self.num_units]).to_event(1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return x * _broadcast_units(local_sample(self.theta, x.shape[0]), x)
+    def multiplier(self, x: torch.Tensor) -> torch.Tensor:
+        return local_sample(self.theta, x.shape[0])
 
     def keep(self, q, threshold: float | None = None):
         threshold = self.default_threshold if threshold is None else threshold
@@ -108,10 +122,8 @@ class BBGate(UnitModule):
         temperature = torch.tensor(self.temperature, device=pi.device)
         return SigmoidTransform()(LogitRelaxedBernoulli(temperature, probs=pi, validate_args=False).rsample())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        pi = local_sample(self.pi, x.shape[0])
-        return x * _broadcast_units(self.gate(pi), x)
+    def multiplier(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(local_sample(self.pi, x.shape[0]))
 
     def keep(self, q, threshold: float | None = None):
         threshold = self.default_threshold if threshold is None else threshold

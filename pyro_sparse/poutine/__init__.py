@@ -2,6 +2,8 @@
 
 from .local import (
     LocalReparameterizationMessenger,
+    LocalOps,
+    conv,
     conv2d,
     linear,
     local_distribution,
@@ -12,7 +14,9 @@ from .scale import KLScaleMessenger, check_kl_scale, kl_scale, resolve_kl_scale
 
 __all__ = [
     "KLScaleMessenger",
+    "LocalOps",
     "LocalReparameterizationMessenger",
+    "conv",
     "check_kl_scale",
     "conv2d",
     "kl_scale",

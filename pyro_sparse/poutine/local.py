@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import Independent, Normal
 from pyro.poutine.messenger import Messenger
+from torch.overrides import TorchFunctionMode
 
 _TAG = "_pyro_sparse_local_fn"
+#: attribute of a latent weight value: the log α threshold of the training-time clipping (``train_clip``), if any
+CLIP_TAG = "_pyro_sparse_clip"
 
 
 def base_distribution(fn):
@@ -105,16 +108,22 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return (out if b is None else out + b).reshape(-1, o)
 
 
-def _conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int = 1, **kwargs) -> torch.Tensor:
-    """``F.conv2d`` for ``w [*lead, out, in/groups, kh, kw]`` on ``x [S·B, in, H, W]`` (one grouped convolution:
-    the ``S`` samples become ``S`` groups)."""
-    if w.dim() == 4:
-        return F.conv2d(x, w, b, groups=groups, **kwargs)
-    lead, (o, *k) = w.shape[:-4], w.shape[-4:]
+def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int = 1, nd: int = 2,
+          **kwargs) -> torch.Tensor:
+    """``F.conv{nd}d`` for ``w [*lead, out, in/groups, *kernel]`` on ``x [S·B, in, *spatial]`` (one grouped
+    convolution: the ``S`` samples become ``S`` groups)."""
+    conv = F.conv1d if nd == 1 else F.conv2d
+    if w.dim() == nd + 2:
+        return conv(x, w, b, groups=groups, **kwargs)
+    lead, (o, *k) = w.shape[:-(nd + 2)], w.shape[-(nd + 2):]
     s, n = math.prod(lead), _blocks(x, lead)
     xs = x.reshape(s, n, *x.shape[1:]).transpose(0, 1).reshape(n, s * x.shape[1], *x.shape[2:])
-    out = F.conv2d(xs, w.reshape(s * o, *k), None if b is None else b.repeat(s), groups=s * groups, **kwargs)
+    out = conv(xs, w.reshape(s * o, *k), None if b is None else b.repeat(s), groups=s * groups, **kwargs)
     return out.reshape(n, s, o, *out.shape[2:]).transpose(0, 1).reshape(s * n, o, *out.shape[2:])
+
+
+def _conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int = 1, **kwargs) -> torch.Tensor:
+    return _conv(x, w, b, groups, 2, **kwargs)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -135,16 +144,56 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           clip_threshold: float | None = None, **kwargs) -> torch.Tensor:
-    """``F.conv2d`` with the local reparameterisation trick (mean ``conv(x, θ)``, variance ``conv(x², σ²)``);
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         clip_threshold: float | None = None, nd: int = 2, **kwargs) -> torch.Tensor:
+    """``F.conv1d`` (``nd=1``) / ``F.conv2d`` (``nd=2``) with the local reparameterisation trick (mean
+    ``conv(x, θ)``, variance ``conv(x², σ²)``; stride, padding, dilation, groups as in ``F.conv2d``);
     ``clip_threshold`` and sample dims as in :func:`linear`."""
     q = local_distribution(weight)
     if not isinstance(q, Normal):
-        return _conv2d(x, weight, bias, **kwargs)
-    mean = _conv2d(x, _mean_weight(q, clip_threshold), bias, **kwargs)
-    var = _conv2d(x * x, _variance(q), None, **kwargs)
+        return _conv(x, weight, bias, nd=nd, **kwargs)
+    mean = _conv(x, _mean_weight(q, clip_threshold), bias, nd=nd, **kwargs)
+    var = _conv(x * x, _variance(q), None, nd=nd, **kwargs)
     return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           clip_threshold: float | None = None, **kwargs) -> torch.Tensor:
+    """:func:`conv` with ``nd=2``."""
+    return conv(x, weight, bias, clip_threshold, 2, **kwargs)
+
+
+def _conv_args(args, kwargs) -> dict:
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    out = dict(zip(names, args, strict=False))
+    out.update(kwargs)
+    return out
+
+
+class LocalOps(TorchFunctionMode):
+    """Intercept ``F.linear``, ``F.conv1d`` and ``F.conv2d`` (however the user's layers call them) where the weight
+    is a latent value: a tagged Gaussian weight gets the local reparameterisation trick (:func:`linear`,
+    :func:`conv`), a weight with sample dims the batched op; every other call runs unchanged. This is how a
+    user's own ``nn.Linear`` / ``nn.Conv2d`` (any stride, padding, dilation, groups, bias) trains with sparse VD
+    without a layer class of ours (DESIGN.md contract 5; TyXe intercepts the same ops).
+    :class:`pyro_sparse.SparseModel` runs its network inside it.
+    """
+
+    _OPS = {F.linear: 0, F.conv1d: 1, F.conv2d: 2}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        nd = self._OPS.get(func)
+        if nd is not None:
+            a = _conv_args(args, kwargs)
+            w = a.get("weight")
+            if torch.is_tensor(w) and (hasattr(w, _TAG) or w.dim() > (2 if nd == 0 else nd + 2)):
+                clip = getattr(w, CLIP_TAG, None)
+                if nd == 0:
+                    return linear(a["input"], w, a.get("bias"), clip)
+                rest = {k: a[k] for k in ("stride", "padding", "dilation", "groups") if k in a}
+                return conv(a["input"], w, a.get("bias"), clip, nd=nd, **rest)
+        return func(*args, **kwargs)
 
 
 def local_sample(value: torch.Tensor, batch_size: int, site_dim: int = 1) -> torch.Tensor:

@@ -1,0 +1,189 @@
+"""Plain ``nn.Module`` architectures (METHODS.md §4), no per-method variants: every method reaches them through
+:func:`pyro_sparse.sparsify`.
+
+============  ==========================================================================================
+name          network (inputs as ``ToTensor()`` gives them; the first layer standardises them)
+============  ==========================================================================================
+logreg        multiclass logistic regression ``Linear(in, classes)`` (Molchanov et al. 2017, Table 2)
+lenet300      784-300-100-10 MLP, ReLU
+lenet500      784-500-300-10 MLP, ReLU
+lenet5        LeNet-5-Caffe: conv 20@5×5 → pool 2 → conv 50@5×5 → pool 2 → fc 800→500 → fc 500→classes
+vgg_like      13 conv3×3 + BatchNorm + ReLU, widths ``k``·(64,64 | 128,128 | 256×3 | 512×3 | 512×3), max-pool after
+              each group, fc 512k→512k + BatchNorm + ReLU, fc → classes (Zagoruyko 2015 as in the BB paper)
+resnet20/56   CIFAR ResNets of He et al. 2016 (Sec. 4.2): 3 stages of n = 3 / 9 basic blocks, 16-32-64 channels.
+              Shortcuts are **option B**: identity where the shape is kept, 1×1 conv + BatchNorm projection where
+              it changes (the paper's CIFAR nets use option A, zero-padding; B is the common re-implementation and
+              keeps every shortcut a layer that a dependency graph can follow)
+============  ==========================================================================================
+
+:func:`build` makes one by name; the instance remembers how it was made (``pyro_sparse_factory``), so that a compact
+network saved by :func:`pyro_sparse.save_compact` loads again by replaying its pruning on a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+#: attribute on a built network: ``{"name": ..., "kwargs": {...}}`` (JSON-able), used by save/load of compact nets
+FACTORY_ATTR = "pyro_sparse_factory"
+
+
+class Standardize(nn.Module):
+    """``(x − mean) / std``; scalars or one value per channel (dim 1). Lets networks take inputs as ``ToTensor()``
+    gives them."""
+
+    def __init__(self, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0):
+        super().__init__()
+        mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean_t.dim() == 1:
+            mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _mlp(hidden: Sequence[int], input_shape, num_classes, mean, std) -> nn.Sequential:
+    sizes = [int(torch.Size(input_shape).numel()), *hidden, num_classes]
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(), standardize=Standardize(mean, std))
+    for i in range(len(sizes) - 1):
+        layers[f"fc{i + 1}"] = nn.Linear(sizes[i], sizes[i + 1])
+        if i < len(sizes) - 2:
+            layers[f"relu_fc{i + 1}"] = nn.ReLU()
+    return nn.Sequential(layers)
+
+
+def logreg(input_shape=(64,), num_classes: int = 10, mean=0.0, std=1.0) -> nn.Sequential:
+    return _mlp([], input_shape, num_classes, mean, std)
+
+
+def lenet300(input_shape=(1, 28, 28), num_classes: int = 10, mean=0.0, std=1.0) -> nn.Sequential:
+    return _mlp([300, 100], input_shape, num_classes, mean, std)
+
+
+def lenet500(input_shape=(1, 28, 28), num_classes: int = 10, mean=0.0, std=1.0) -> nn.Sequential:
+    return _mlp([500, 300], input_shape, num_classes, mean, std)
+
+
+def lenet5(input_shape=(1, 28, 28), num_classes: int = 10, mean=0.0, std=1.0) -> nn.Sequential:
+    """LeNet-5-Caffe. :raises ValueError: inputs other than ``[1, 28, 28]``."""
+    if tuple(input_shape) != (1, 28, 28):
+        raise ValueError(f"arch lenet5 expects 28x28 images [1, 28, 28], got examples of shape {list(input_shape)}")
+    return nn.Sequential(OrderedDict(
+        standardize=Standardize(mean, std), conv1=nn.Conv2d(1, 20, 5), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(20, 50, 5), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2), flatten=nn.Flatten(),
+        fc1=nn.Linear(800, 500), relu_fc1=nn.ReLU(), fc2=nn.Linear(500, num_classes)))
+
+
+VGG_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def vgg_like(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0, k: float = 1.0) -> nn.Sequential:
+    """VGG-like of METHODS.md §4 with width multiplier ``k`` (channels ``round(k·w)``, at least 1).
+
+    Layer names: ``conv{i}``/``bn{i}``/``relu{i}`` for i = 1…13, ``pool{g}`` after group g, ``fc1``, ``bn_fc1``,
+    ``fc2``. :raises ValueError: inputs other than 3×32×32, or ``k <= 0``.
+    """
+    if tuple(input_shape) != (3, 32, 32):
+        raise ValueError(f"arch vgg_like expects CIFAR images [3, 32, 32], got examples of shape {list(input_shape)}")
+    if not k > 0:
+        raise ValueError(f"vgg_like width multiplier k must be > 0, got {k}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict(standardize=Standardize(mean, std))
+    c_in, i = 3, 0
+    for g, widths in enumerate(VGG_WIDTHS):
+        for w in widths:
+            i += 1
+            c = max(1, round(k * w))
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c, 3, padding=1)
+            layers[f"bn{i}"] = nn.BatchNorm2d(c)
+            layers[f"relu{i}"] = nn.ReLU()
+            c_in = c
+        layers[f"pool{g + 1}"] = nn.MaxPool2d(2)
+    hidden = max(1, round(k * 512))
+    layers.update(flatten=nn.Flatten(), fc1=nn.Linear(c_in, hidden), bn_fc1=nn.BatchNorm1d(hidden),
+                  relu_fc1=nn.ReLU(), fc2=nn.Linear(hidden, num_classes))
+    return nn.Sequential(layers)
+
+
+class BasicBlock(nn.Module):
+    """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut (identity, or 1×1 conv + BN: option B), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016 CIFAR ResNet with ``6n + 2`` layers (option-B shortcuts, see the module docstring)."""
+
+    def __init__(self, n: int, num_classes: int = 10, mean=0.0, std=1.0):
+        super().__init__()
+        self.standardize = Standardize(mean, std)
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        stages, c_in = [], 16
+        for i, c in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(c_in, c, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = c
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(self.standardize(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def resnet20(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0) -> CifarResNet:
+    return CifarResNet(3, num_classes, mean, std)
+
+
+def resnet56(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0) -> CifarResNet:
+    return CifarResNet(9, num_classes, mean, std)
+
+
+NETS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": logreg, "lenet300": lenet300, "lenet500": lenet500, "lenet5": lenet5, "vgg_like": vgg_like,
+    "resnet20": resnet20, "resnet56": resnet56,
+}
+
+
+def build(name: str, input_shape: Sequence[int], num_classes: int = 10, mean=0.0, std=1.0, **kwargs) -> nn.Module:
+    """The plain network ``name`` (see the module docstring) for examples of ``input_shape`` (no batch dim).
+
+    :param mean, std: input standardisation (scalars or one per channel).
+    :param kwargs: architecture options (``k`` for ``vgg_like``).
+    :raises ValueError: unknown name, or an input shape the architecture cannot take.
+    """
+    if name not in NETS:
+        raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(NETS)}")
+    mean = mean.tolist() if torch.is_tensor(mean) else mean
+    std = std.tolist() if torch.is_tensor(std) else std
+    net = NETS[name](input_shape=tuple(input_shape), num_classes=num_classes, mean=mean, std=std, **kwargs)
+    setattr(net, FACTORY_ATTR, {"name": name, "kwargs": {"input_shape": list(input_shape),
+                                                          "num_classes": num_classes, "mean": mean, "std": std,
+                                                          **kwargs}})
+    return net

@@ -1,0 +1,477 @@
+"""``sparsify``: attach a Bayesian sparsification method to any ``nn.Module`` (DESIGN.md contracts 1, 5, 7).
+
+``sparsify(net, method, example_input)`` works on a deep copy of the user's network and returns a
+:class:`SparseModel`: a Pyro model (the network + a categorical likelihood over a data plate of size N) whose
+latent sites are
+
+* **svd** (Molchanov et al. 2017): every selected ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` weight gets the
+  log-uniform prior (site ``weights.<layer>.weight``; ``<layer>`` is the module path with ``.`` → ``__``). The
+  user's layer classes stay: the network runs inside :class:`pyro_sparse.poutine.LocalOps`, which intercepts
+  ``F.linear`` / ``F.conv1d`` / ``F.conv2d`` for the latent weights (local reparameterisation trick), so any stride,
+  padding, dilation, groups, tuple kernel or missing bias works.
+* **sbp / bb / dbb** (Neklyudov et al. 2017; Lee et al. 2018): one unit latent per **coupled channel group**, found
+  by tracing the network once with ``example_input`` through Torch-Pruning's ``DependencyGraph``: the output channels
+  of convolutions that must go together (residual additions, concatenations, depthwise convolutions and the
+  normalisation layers on them) share one latent ``[K]`` (site ``units.<root>_units.<theta|pi>``). The multiplier
+  acts on each channel after its normalisation layer (after the conv itself where none follows), in every layer of
+  the group, so that a unit with multiplier 0 is exactly removable. Every selected ``nn.Linear`` also gets a latent
+  on its input features (site ``units.<layer>_units...``) — the papers' placement "inputs of dense layers, input
+  pixels included" — and groups made of linear layers only get none of their own (their consumer's input latent
+  covers them). On the papers' nets this is exactly METHODS.md §2/§3: LeNet-5 20/50/800/500, LeNet-500-300
+  784/500/300, VGG-like the 13 conv outputs + the inputs of the two dense layers.
+  DBB's input-dependent gate needs one place to read its input from: a group with several producers (a residual
+  stream) gets the BB gate instead (documented limitation; its keep rule is the same).
+
+**Selectors** (TyXe's expose/hide): ``include`` / ``exclude`` each take a module type, a glob on the qualified
+module name (``"features.*"``, ``"fc*"``), a predicate ``(name, module) -> bool``, or a list of these. A layer is
+sparsified when it is of a type the method supports, matches ``include`` (``None``: everything) and does not match
+``exclude`` — ``exclude`` wins. A channel group gets its unit latent only when all its producing convolutions are
+selected, so ``exclude="conv1"`` on a ResNet leaves the whole residual stream that ``conv1`` feeds ungated.
+
+**New methods**: :func:`register_method` with a :class:`Method` (its prior, keep rule, placement kind); the guide
+family for a new prior type is registered with :func:`pyro_sparse.guides.register_family` and its KL with
+``torch.distributions.kl.register_kl``.
+
+In ``.eval()`` mode a :class:`SparseModel` is the deterministic test-time network (posterior means, pruned units and
+weights zeroed; it reads the posterior from the guide bound to it: :class:`~pyro_sparse.guides.MeanFieldGuide`
+binds itself), as dropout layers behave in PyTorch. :func:`pyro_sparse.compact` turns it into a plain, smaller
+network of the same architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from pyro.nn import PyroModule, PyroSample
+from torch import nn
+from torch.func import functional_call
+
+from pyro_sparse.models.architectures import Classifier
+
+from .distributions import LogUniform, log_alpha
+from .errors import InvalidInputError, UnsupportedModelError
+from .nn import BBGate, DBBGate, SBPNoise, UnitModule
+from .nn.svd import _SVDMixin
+from .nn.units import _broadcast_units
+from .poutine.local import CLIP_TAG, LocalOps
+
+Selector = type | str | Callable[[str, nn.Module], bool] | Sequence
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sparsification method as :func:`sparsify` attaches it.
+
+    :ivar kind: ``"weights"`` (a prior on each selected weight tensor) or ``"units"`` (a latent per channel group
+        and per dense-layer input).
+    :ivar layer_types: the layer types it can be attached to.
+    :ivar prior: ``weights``: ``prior(shape) -> distribution`` with event shape ``shape``.
+    :ivar weight_keep: ``weights``: ``(q, threshold) -> keep [shape] bool`` from the guide distribution ``q``.
+    :ivar threshold: ``weights``: the default threshold of ``weight_keep``.
+    :ivar unit: ``units``: ``unit(num_units, **options) -> UnitModule`` (its ``keep`` is the keep rule).
+    :ivar shared_unit: ``units``: the unit for a group with several placements, if ``unit`` cannot serve one.
+    """
+
+    name: str
+    kind: str
+    layer_types: tuple[type, ...] = WEIGHT_LAYERS
+    prior: Callable | None = None
+    weight_keep: Callable | None = None
+    threshold: float | None = None
+    unit: Callable[..., UnitModule] | None = None
+    shared_unit: Callable[..., UnitModule] | None = None
+
+
+def _log_uniform(shape: torch.Size):
+    return LogUniform().expand(list(shape)).to_event(len(shape))
+
+
+def _log_alpha_keep(q, threshold: float) -> torch.Tensor:
+    """Molchanov et al. 2017, Sec. 4.3: keep the weights with ``log α = log σ² − log θ² < threshold``."""
+    return log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)) < threshold
+
+
+METHODS: dict[str, Method] = {
+    "svd": Method("svd", "weights", prior=_log_uniform, weight_keep=_log_alpha_keep, threshold=3.0),
+    "sbp": Method("sbp", "units", unit=SBPNoise),
+    "bb": Method("bb", "units", unit=BBGate),
+    "dbb": Method("dbb", "units", unit=DBBGate, shared_unit=BBGate),
+}
+
+
+def register_method(method: Method) -> None:
+    """Make ``sparsify(net, method.name, ...)`` attach ``method``.
+
+    :raises ValueError: a method without the fields its kind needs.
+    """
+    if method.kind == "weights" and (method.prior is None or method.weight_keep is None or method.threshold is None):
+        raise ValueError(f"method {method.name!r}: kind 'weights' needs prior, weight_keep and threshold")
+    if method.kind == "units" and method.unit is None:
+        raise ValueError(f"method {method.name!r}: kind 'units' needs unit")
+    if method.kind not in ("weights", "units"):
+        raise ValueError(f"method {method.name!r}: kind must be 'weights' or 'units', got {method.kind!r}")
+    METHODS[method.name] = method
+
+
+def matches(selector: Selector | None, name: str, module: nn.Module) -> bool:
+    """Whether module ``name`` matches ``selector`` (type, glob, predicate or a list of them; ``None``: no).
+
+    :raises InvalidInputError: a selector of another kind.
+    """
+    if selector is None:
+        return False
+    if isinstance(selector, type):
+        return isinstance(module, selector)
+    if isinstance(selector, str):
+        return fnmatch.fnmatchcase(name, selector)
+    if isinstance(selector, (list, tuple, set, frozenset)):
+        return any(matches(s, name, module) for s in selector)
+    if callable(selector):
+        return bool(selector(name, module))
+    raise InvalidInputError(f"selector {selector!r}: expected a module type, a name glob, a predicate "
+                            "(name, module) -> bool, or a list of these")
+
+
+def key_of(path: str) -> str:
+    """Module path → the key of its latent container (``layer1.0.conv1`` → ``layer1__0__conv1``)."""
+    return path.replace(".", "__")
+
+
+class WeightSite(PyroModule, _SVDMixin):
+    """The latent weight of one layer: ``weight`` (a ``PyroSample`` with the method's prior) and ``weight_init``
+    (the layer's weight when sparsified: the guide's initial θ). ``train_clip``: see
+    :func:`pyro_sparse.nn.set_train_clip`."""
+
+    def __init__(self, weight: torch.Tensor, prior: Callable):
+        super().__init__()
+        self.register_buffer("weight_init", weight.detach().clone(), persistent=False)
+        self.weight = PyroSample(prior(weight.shape))
+
+
+@dataclass
+class Placement:
+    """Where a unit latent multiplies: the output (``"out"``) or the input (``"in"``) of module ``module``;
+    ``index``/``root_index``: channel ``index[i]`` of that tensor gets the latent's unit ``root_index[i]``
+    (``None``: channel ``k`` gets unit ``k``)."""
+
+    module: str
+    where: str
+    index: torch.Tensor | None = None
+    root_index: torch.Tensor | None = None
+
+
+@dataclass
+class ChannelGroup:
+    """A coupled channel group: the pruning root (a conv/linear with its output channels), the number of channels
+    ``size``, and the unit latent's key (``None``: no latent, e.g. a linear-only group)."""
+
+    root: str
+    size: int
+    unit: str | None = None
+    members: list[str] = field(default_factory=list)
+
+
+def _output_layers(net: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The weight layers whose output is the network's output (never pruned on their output side)."""
+    outputs: dict[int, torch.Tensor] = {}
+    order: list[nn.Module] = []
+    def record(m, i, o):
+        outputs[id(m)] = o
+        order.append(m)
+
+    handles = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, WEIGHT_LAYERS)]
+    try:
+        with torch.no_grad():
+            out = net(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    direct = [m for m in order if outputs.get(id(m)) is out]
+    return direct or order[-1:]
+
+
+def execution_order(net: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """``{module path: position of its first call}`` over the leaf modules in one forward pass."""
+    order: dict[str, int] = {}
+    names = {id(m): n for n, m in net.named_modules()}
+    def record(m, i):
+        order.setdefault(names[id(m)], len(order))
+
+    handles = [m.register_forward_pre_hook(record) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            net(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def dependency_graph(net: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's ``DependencyGraph`` of ``net`` traced in eval mode (running statistics untouched).
+
+    :raises UnsupportedModelError: the tracer cannot follow the network.
+    """
+    import torch_pruning as tp
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.enable_grad():  # the tracer follows autograd
+            return tp.DependencyGraph().build_dependency(net, example_inputs=example_input)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnsupportedModelError(f"the dependency tracer (torch-pruning) cannot follow this network ({first}); "
+                                    "sparsify it with method 'svd', or make its forward traceable") from None
+    finally:
+        net.train(was_training)
+
+
+def _is_out(handler) -> bool:
+    return handler.__name__ == "prune_out_channels"
+
+
+def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]):
+    """Yield ``(root_name, group)`` for every coupled channel group rooted at a conv/linear output (the output
+    layers excluded), as Torch-Pruning's ``get_all_groups`` gives them."""
+    names = {m: n for n, m in net.named_modules()}
+    for group in dg.get_all_groups(root_module_types=list(WEIGHT_LAYERS), ignored_layers=output_layers):
+        root = group.items[0].dep.target.module
+        yield names[root], group
+
+
+class SparseModel(Classifier):
+    """The Pyro model of a sparsified network (see the module docstring); made by :func:`sparsify`.
+
+    ``forward(x [B, *input_shape], y [B] or None) -> logits [*sample_shape, B, classes]`` (as
+    :class:`pyro_sparse.models.Classifier`, which it extends). Attributes: ``net`` (the copied user network, plain
+    ``nn.Module``), ``weights`` (SVD: one :class:`WeightSite` per layer), ``units`` (one unit module per latent),
+    ``placements`` (``{unit key: [Placement]}``), ``groups`` (the coupled channel groups), ``method``,
+    ``example_input``.
+    """
+
+    def __init__(self, net: nn.Module, method: Method, input_shape, num_data: int | None, example_input):
+        super().__init__(net, input_shape, num_data)
+        self.method = method.name
+        self.weights = PyroModule[nn.ModuleDict]()
+        self.units = PyroModule[nn.ModuleDict]()
+        self.weight_layers: dict[str, str] = {}  # WeightSite key -> module path
+        self.placements: dict[str, list[Placement]] = {}
+        self.groups: list[ChannelGroup] = []
+        self.unit_options: dict = {}
+        self.register_buffer("example_input", example_input.detach().clone(), persistent=False)
+        object.__setattr__(self, "_guide_ref", None)
+
+    # --- the guide whose posterior the eval-mode network reads ---------------------------------------------
+    def bind_guide(self, guide) -> None:
+        """Use ``guide``'s posterior in ``.eval()`` mode (kept by weak reference; MeanFieldGuide calls this)."""
+        object.__setattr__(self, "_guide_ref", weakref.ref(guide))
+
+    @property
+    def guide(self):
+        ref = self.__dict__.get("_guide_ref")
+        return None if ref is None else ref()
+
+    def site_name(self, container: str, key: str, attr: str) -> str:
+        return f"{container}.{key}.{attr}"
+
+    # --- test-time values ----------------------------------------------------------------------------------
+    def test_weights(self, guide=None, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """``{module path.weight: θ with pruned weights zeroed}`` (SVD; empty for unit methods)."""
+        guide = guide or self._require_guide()
+        method = METHODS[self.method]
+        threshold = method.threshold if threshold is None else threshold
+        out = {}
+        for key, path in self.weight_layers.items():
+            q = guide.posterior(self.site_name("weights", key, "weight"))
+            keep = method.weight_keep(q, threshold)
+            out[f"{path}.weight"] = torch.where(keep, q.loc, torch.zeros_like(q.loc)).detach()
+        return out
+
+    def unit_posterior(self, key: str, guide=None) -> dict:
+        """``{attribute: guide distribution}`` of unit latent ``key``."""
+        guide = guide or self._require_guide()
+        unit = self.units[key]
+        return {attr: guide.posterior(self.site_name("units", key, attr)) for attr in unit._pyro_samples}
+
+    def _require_guide(self):
+        guide = self.guide
+        if guide is None:
+            raise InvalidInputError("this SparseModel has no guide bound: build MeanFieldGuide(model) (it binds "
+                                    "itself) or call model.bind_guide(guide) before using .eval() mode")
+        return guide
+
+    # --- forward -------------------------------------------------------------------------------------------
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        test = not self.training
+        posterior = {}
+        if test:
+            overrides = self.test_weights() if self.weight_layers else {}
+            posterior = {key: self.unit_posterior(key) for key in self.placements}
+        else:
+            overrides = {}
+            for key, path in self.weight_layers.items():
+                site = self.weights[key]
+                w = site.weight
+                if site.train_clip is not None:
+                    w = w.view_as(w) if w.is_leaf else w
+                    setattr(w, CLIP_TAG, site.train_clip)
+                overrides[f"{path}.weight"] = w
+        handles = self._attach_units(test, posterior)
+        try:
+            if not overrides:
+                return self.net(x)
+            with LocalOps():
+                return functional_call(self.net, overrides, (x,), strict=False)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _attach_units(self, test: bool, posterior: dict) -> list:
+        cache: dict[str, torch.Tensor] = {}
+        handles = []
+        for key, places in self.placements.items():
+            unit = self.units[key]
+            for p in places:
+                module = self.net.get_submodule(p.module)
+
+                def apply(t, key=key, unit=unit, p=p):
+                    m = cache.get(key)
+                    if m is None:
+                        u = t if p.index is None else t.index_select(1, p.index)
+                        m = unit.test_multiplier(u, posterior[key], self.unit_options.get("threshold")) if test \
+                            else unit.multiplier(u)
+                        cache[key] = m
+                    if p.index is not None:
+                        lead = m.shape[:-1]
+                        scale = torch.ones(*lead, t.shape[1], dtype=m.dtype, device=m.device)
+                        m = scale.index_copy(-1, p.index, m.index_select(-1, p.root_index))
+                    return t * _broadcast_units(m, t)
+
+                if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
+                    handles.append(module.register_forward_hook(lambda mod, i, o, apply=apply: apply(o),
+                                                                prepend=True))
+                else:
+                    handles.append(module.register_forward_pre_hook(
+                        lambda mod, i, apply=apply: (apply(i[0]), *i[1:])))
+        return handles
+
+
+def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, include: Selector | None = None,
+             exclude: Selector | None = None, num_data: int | None = None, **options) -> SparseModel:
+    """Attach ``method`` to a deep copy of ``net`` and return the Pyro model (see the module docstring).
+
+    :param net: any ``nn.Module`` mapping ``[B, *input_shape]`` to logits ``[B, classes]``; it is not changed.
+    :param method: a key of :data:`METHODS` (``svd``, ``sbp``, ``bb``, ``dbb``, or one added by
+        :func:`register_method`).
+    :param example_input: one batch ``[B, *input_shape]`` (``B >= 1``) used to trace the network once (channel
+        groups, execution order); its shape fixes ``input_shape``.
+    :param include, exclude: selectors (see the module docstring); ``exclude`` wins.
+    :param num_data: N, the training-set size (the likelihood is scaled by N/B; the training engine sets it).
+    :param options: passed to every unit module (``temperature``, ``alpha_over_k``, ``a``/``b`` for SBP,
+        ``rho2`` for DBB), or ``threshold`` (the keep rule's threshold in ``.eval()`` mode).
+    :raises InvalidInputError: unknown method, bad selector, nothing selected, an example input without a batch dim.
+    :raises UnsupportedModelError: a channel group passes through a layer that cannot be pruned exactly (the message
+        names it and the way out: ``exclude`` its producer), or the tracer cannot follow the network.
+    """
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not isinstance(net, nn.Module):
+        raise InvalidInputError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not torch.is_tensor(example_input) or example_input.dim() < 2:
+        raise InvalidInputError("example_input must be a batch tensor [B, *input_shape], got "
+                                f"{list(example_input.shape) if torch.is_tensor(example_input) else example_input!r}")
+    spec = METHODS[method]
+    net = copy.deepcopy(net)
+    example_input = example_input.detach().to(next(iter(net.parameters()), example_input).device)
+    threshold = options.pop("threshold", None)
+    model = SparseModel(net, spec, tuple(example_input.shape[1:]), num_data, example_input)
+    model.unit_options = {"threshold": threshold}
+    chosen = {name: m for name, m in net.named_modules()
+              if isinstance(m, spec.layer_types) and (include is None or matches(include, name, m))
+              and not matches(exclude, name, m)}
+    if not chosen:
+        raise InvalidInputError(f"sparsify({method!r}): no layer selected (supported types: "
+                                f"{', '.join(t.__name__ for t in spec.layer_types)}); check include/exclude")
+    if spec.kind == "weights":
+        for name, m in chosen.items():
+            model.weights[key_of(name)] = WeightSite(m.weight, spec.prior)
+            model.weight_layers[key_of(name)] = name
+            m.weight.requires_grad_(False)  # the latent θ replaces it; it stays as the architecture's tensor
+        return model
+    _place_units(model, net, spec, chosen, example_input, options)
+    return model
+
+
+def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options) -> None:
+    dg = dependency_graph(net, example_input)
+    outputs = _output_layers(net, example_input)
+    order = execution_order(net, example_input)
+    names = {m: n for n, m in net.named_modules()}
+    units: list[tuple[int, str, int, list[Placement]]] = []  # (first call, key, K, placements)
+    for root, group in channel_groups(net, dg, outputs):
+        k = len(group.items[0].idxs)
+        members = sorted({names[it.dep.target.module] for it in group.items if it.dep.target.module in names})
+        info = ChannelGroup(root, k, None, members)
+        model.groups.append(info)
+        producers = [it for it in group.items if _is_out(it.dep.handler) and it.dep.target.module in names
+                     and isinstance(it.dep.target.module, (nn.Conv1d, nn.Conv2d))]
+        if not producers or not all(names[it.dep.target.module] in chosen for it in producers):
+            continue
+        norms = {it.dep.target.module for it in group.items
+                 if _is_out(it.dep.handler) and isinstance(it.dep.target.module, NORM_LAYERS)}
+        places = []
+        for it in group.items:
+            m = it.dep.target.module
+            if m not in names or not _is_out(it.dep.handler):
+                continue
+            if isinstance(m, NORM_LAYERS):
+                if not m.affine:
+                    raise UnsupportedModelError(
+                        f"channel group of {root!r}: {names[m]!r} is a {type(m).__name__} without affine "
+                        f"parameters, into which the unit multipliers cannot be folded; exclude {root!r}")
+            elif isinstance(m, WEIGHT_LAYERS):
+                followers = {n.module for n in dg.module2node[m].outputs}
+                if followers & norms:
+                    continue  # the multiplier acts after its normalisation layer
+            elif list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)):
+                raise UnsupportedModelError(
+                    f"channel group of {root!r}: its channels pass through {names[m]!r} ({type(m).__name__}), "
+                    f"which pyro-sparse cannot prune exactly; exclude {root!r} (exclude=[{root!r}])")
+            else:
+                continue
+            idx, ridx = list(map(int, it.idxs)), list(map(int, it.root_idxs))
+            size = m.num_features if isinstance(m, NORM_LAYERS) else (
+                m.out_channels if hasattr(m, "out_channels") else m.out_features)
+            identity = size == k and idx == list(range(k)) and ridx == list(range(k))
+            places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
+                                    None if identity else torch.tensor(ridx)))
+        key = f"{key_of(root)}_units"
+        info.unit = key
+        first = min(order.get(p.module, math.inf) for p in places)
+        units.append((first, key, k, places))
+    taken = {u[1] for u in units}
+    for name, m in chosen.items():
+        if isinstance(m, nn.Linear):
+            key = f"{key_of(name)}_units" if f"{key_of(name)}_units" not in taken else f"{key_of(name)}_in_units"
+            units.append((order.get(name, math.inf) - 0.5, key, m.in_features, [Placement(name, "in")]))
+    if not units:
+        raise InvalidInputError(f"sparsify({spec.name!r}): no unit position among the selected layers "
+                                "(conv output channels or dense-layer inputs); check include/exclude")
+    for _, key, k, places in sorted(units, key=lambda u: u[0]):
+        shared = len(places) > 1 or any(p.index is not None for p in places)
+        factory = spec.shared_unit if shared and spec.shared_unit is not None else spec.unit
+        try:
+            unit = factory(k, **options)
+        except TypeError as e:
+            raise InvalidInputError(f"sparsify({spec.name!r}): bad option ({e})") from None
+        model.units[key] = unit
+        model.placements[key] = places
