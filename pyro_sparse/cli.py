@@ -24,8 +24,8 @@ METHOD_DEFAULTS = {
     "bb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
     "dbb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
 }
-DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200}
-DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3}
+DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200, "cifar10": 200}
+DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3, "cifar10": 1e-3}
 
 
 #: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)

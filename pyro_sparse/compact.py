@@ -37,8 +37,7 @@ from torch import nn
 
 from .errors import CompactMismatchError, InvalidInputError, MissingRunFileError, RunDirError, one_line
 from .nn import DBBGate, DynamicGate, Select
-from .sparsify import NORM_LAYERS, WEIGHT_LAYERS, SparseModel, _is_out, _output_layers, channel_groups, \
-    dependency_graph
+from .sparsify import NORM_LAYERS, WEIGHT_LAYERS, SparseModel, _is_out, _output_layers, channel_groups, dependency_graph
 
 COMPACT_SPEC = "compact.json"
 COMPACT_WEIGHTS = "compact.safetensors"
@@ -106,9 +105,9 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     example = model.example_input
     for path, w in model.test_weights(guide, weight_threshold).items() if model.weight_layers else ():
         module, _, attr = path.rpartition(".")
-        param = net.get_submodule(module).weight
-        param.copy_(w)
-        param.requires_grad_(True)
+        layer = net.get_submodule(module)
+        del layer.weight  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
+        layer.weight = nn.Parameter(w.clone())
     group_of = {g.unit: g for g in model.groups if g.unit is not None}
     prune_root: dict[str, set[int]] = {}
     dynamic: dict[str, tuple] = {}
@@ -184,7 +183,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         _wrap(net, name, lambda layer, idx=idx: nn.Sequential(Select(idx), layer))
     # ---- DBB gates ----------------------------------------------------------------------------------------
     gates: dict[str, dict] = {}
-    for key, (unit, post, p) in dynamic.items():
+    for unit, post, p in dynamic.values():
         size = unit.num_units
         index = torch.tensor(alive.get((p.module, p.where), list(range(size))), dtype=torch.long)
         gate = DynamicGate(int(index.numel()), unit.eps,
@@ -199,10 +198,8 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         gate.to(example.device)
         if p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
-        elif p.module in selects:
-            seq = net.get_submodule(p.module)
+        elif p.module in selects:  # the gate acts on the inputs the Select keeps
             _wrap(net, p.module, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
-            del seq
         else:
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(gate, layer))
         gates[p.module] = {"where": p.where, "n": int(index.numel()), "eps": gate.eps, "threshold": gate.threshold}

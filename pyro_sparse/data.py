@@ -21,7 +21,10 @@ import torch
 
 from .errors import DataFormatError, DataNotFoundError, InvalidInputError, one_line
 
-DATASETS = ("digits", "noise-digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "noise-digits", "mnist", "fashion-mnist", "cifar10")
+_CIFAR_FILES = ["train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy"]
+#: offline CIFAR-10 protocol (shared/data/README.md): train on the first 45,000 training images, test on the last 5,000
+CIFAR_OFFLINE_TRAIN = 45_000
 _IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 #: fixed split of scikit-learn digits: stratified, 25% test, ``random_state=0`` (1347 train / 450 test)
 DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, NOISE_SEED = 0.25, 0, 0
@@ -115,6 +118,42 @@ def _torchvision(name: str, root: str, download: bool) -> Dataset:
     return Dataset(name, x_tr, y_tr, x_te, y_te, 10)
 
 
+def _cifar10(root: str) -> Dataset:
+    """CIFAR-10 as ``[N, 3, 32, 32]`` floats in [0, 1]. With the offline copy (``root/CIFAR10/*.npy``, uint8 HWC,
+    read with ``allow_pickle=False``) the test set is the last 5,000 training images (the copy holds only 1,000
+    official test images; see its README); with torchvision's official files (``root/cifar-10-batches-py``) the
+    standard 50,000 / 10,000 split."""
+    import numpy as np
+
+    folder = Path(root) / "CIFAR10"
+    if not all((folder / f).is_file() for f in _CIFAR_FILES):
+        if (Path(root) / "cifar-10-batches-py").is_dir():
+            from torchvision import datasets
+
+            tr, te = datasets.CIFAR10(root, train=True), datasets.CIFAR10(root, train=False)
+            x_tr, y_tr, x_te, y_te = tr.data, np.array(tr.targets), te.data, np.array(te.targets)
+        else:
+            raise DataNotFoundError(f"cifar10 not found in {folder} (expected {', '.join(_CIFAR_FILES)}); pass "
+                                    "--data-root (or set PYRO_SPARSE_DATA) to the folder that contains CIFAR10/")
+    else:
+        try:
+            x, y = np.load(folder / _CIFAR_FILES[0], allow_pickle=False), np.load(folder / _CIFAR_FILES[1],
+                                                                                    allow_pickle=False)
+            if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+                raise ValueError(f"images {x.shape} {x.dtype}, labels {y.shape}")
+        except Exception as e:
+            raise DataFormatError(f"cifar10 files in {folder} are not the expected arrays ({one_line(e)}); expected "
+                                  "uint8 images [N, 32, 32, 3] and labels [N]") from None
+        x_tr, y_tr = x[:CIFAR_OFFLINE_TRAIN], y[:CIFAR_OFFLINE_TRAIN]
+        x_te, y_te = x[CIFAR_OFFLINE_TRAIN:], y[CIFAR_OFFLINE_TRAIN:]
+
+    def to_tensor(images, labels):
+        return (torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0),
+                torch.from_numpy(np.asarray(labels)).long())
+
+    return Dataset("cifar10", *to_tensor(x_tr, y_tr), *to_tensor(x_te, y_te), 10)
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Load a dataset by name (one of :data:`DATASETS`).
 
@@ -125,6 +164,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
         return _digits(noise=name == "noise-digits")
     if name in ("mnist", "fashion-mnist"):
         return _torchvision(name, str(root or default_root()), download)
+    if name == "cifar10":
+        return _cifar10(str(root or default_root()))
     raise InvalidInputError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 

@@ -17,11 +17,14 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 @torch.inference_mode()
@@ -187,5 +190,116 @@ def latency_report(compact: nn.Module, full: nn.Module, repeats: int = 30) -> di
         t_full, t_comp = compare_latency(full, compact, shape, bs, repeats)
         out[f"latency_full_b{bs}"] = t_full
         out[f"latency_compact_b{bs}"] = t_comp
+        out[f"speedup_measured_b{bs}"] = t_full / t_comp
+    return out
+
+
+class _CostCounter(TorchFunctionMode):
+    """Counts FLOPs (module docstring convention) and conv output elements of the ops a forward pass calls."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch, self.flops, self.conv_maps = batch, 0.0, 0.0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        try:
+            self._count(func, args, kwargs, out)
+        except Exception:  # an op signature this counter does not know: count nothing for it
+            pass
+        return out
+
+    def _count(self, func, args, kwargs, out):
+        if not torch.is_tensor(out):
+            out = out[0] if isinstance(out, tuple) and out and torch.is_tensor(out[0]) else None
+            if out is None:
+                return
+        n_out = out.numel() / self.batch
+        if func is F.linear:
+            w, b = args[1], args[2] if len(args) > 2 else kwargs.get("bias")
+            rows = out.numel() / out.shape[-1] / self.batch
+            self.flops += rows * ((2 * w.shape[1] - 1) * w.shape[0] + (w.shape[0] if b is not None else 0))
+        elif func in (F.conv1d, F.conv2d):
+            w, b = args[1], args[2] if len(args) > 2 else kwargs.get("bias")
+            k = math.prod(w.shape[2:]) * w.shape[1]  # kernel elements × input channels per group
+            self.flops += n_out * (2 * k - 1) + (n_out if b is not None else 0)
+            self.conv_maps += n_out
+        elif func in (F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_):
+            self.flops += n_out
+        elif func in (F.max_pool1d, F.max_pool2d, F.max_pool1d_with_indices, F.max_pool2d_with_indices,
+                      torch.max_pool2d, torch.max_pool1d):
+            ks = args[1] if len(args) > 1 else kwargs["kernel_size"]
+            ks = (ks,) * (out.dim() - 2) if isinstance(ks, int) else tuple(ks)
+            self.flops += math.prod(ks) * n_out
+        elif func in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.mean,
+                      torch.Tensor.mean):
+            self.flops += args[0].numel() / self.batch  # one addition per input element
+        elif func in (F.batch_norm,):
+            self.flops += 2 * n_out  # scale and shift per element at test time
+        elif func in (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
+                      torch.Tensor.__radd__):
+            a, b = args[0], args[1] if len(args) > 1 else None
+            if torch.is_tensor(a) and torch.is_tensor(b) and a.dim() >= 2 and a.shape == b.shape:
+                self.flops += n_out  # a residual addition
+
+
+@torch.inference_mode()
+def network_cost(net: nn.Module, example_input: torch.Tensor) -> dict:
+    """FLOPs and memory of one forward pass of any network, per example, in the papers' convention (METHODS.md §5).
+
+    The ops the forward pass calls are counted (a ``TorchFunctionMode``), so layers written as modules and as
+    functional calls alike are seen: linear ``(2·in − 1)·out + out`` (bias); conv ``C_out·H'·W'·(2·k·C_in/groups
+    − 1)`` + ``C_out·H'·W'`` (bias; ``k`` kernel elements); ReLU 1 per element; max-pool ``k`` per output (``k``
+    window elements); average pooling (incl. adaptive, ``mean``) 1 per input element; BatchNorm 2 per element
+    (test-time scale and shift); residual addition (two tensors of one shape) 1 per element. Input
+    standardisation, reshapes and :class:`~pyro_sparse.nn.Select` cost nothing.
+
+    :param example_input: a batch ``[B, *input_shape]``; counts are divided by ``B``.
+    :returns: ``{"flops": float, "params": int (parameters, all), "nonzero_params": int (weights ≠ 0, biases
+        included), "memory": float (parameters + conv output feature-map elements)}``.
+    """
+    was_training = net.training
+    net.eval()
+    counter = _CostCounter(example_input.shape[0])
+    try:
+        with counter:
+            net(example_input)
+    finally:
+        net.train(was_training)
+    params = sum(p.numel() for p in net.parameters())
+    return {"flops": counter.flops, "params": params,
+            "nonzero_params": sum(int(p.ne(0).sum()) for p in net.parameters()),
+            "memory": params + counter.conv_maps}
+
+
+def weight_count(net: nn.Module) -> tuple[int, int]:
+    """``(weights, non-zero weights)`` of the conv and linear layers of ``net`` (biases excluded: the compression
+    convention of Molchanov et al. 2017)."""
+    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    return sum(m.weight.numel() for m in layers), sum(int(m.weight.ne(0).sum()) for m in layers)
+
+
+def compare(full: nn.Module, compact: nn.Module, example_input: torch.Tensor, latency_batches: tuple[int, ...] = (),
+            repeats: int = 30) -> dict:
+    """Size and cost of a compact network against the full one (same architecture, any network), in the papers'
+    units: ``flops``/``flops_full`` (per example) and ``flops_speedup`` = full / compact; ``params``/``params_full``;
+    ``compression`` = weights of the full net / non-zero weights of the compact one (biases excluded);
+    ``memory_fraction`` (parameters + conv feature maps, compact / full, a fraction in 0–1); ``units`` and
+    ``units_full`` per unit latent (from the compact network's ``pyro_sparse_compact`` description, when present);
+    with ``latency_batches``, the measured CPU latency (median seconds, :func:`compare_latency`) and
+    ``speedup_measured_b{B}`` at each batch size.
+    """
+    c, f = network_cost(compact, example_input), network_cost(full, example_input)
+    n_full, _ = weight_count(full)
+    _, nnz = weight_count(compact)
+    info = getattr(compact, "pyro_sparse_compact", {}) or {}
+    out = {"flops": c["flops"], "flops_full": f["flops"], "flops_speedup": f["flops"] / max(1.0, c["flops"]),
+           "params": c["params"], "params_full": f["params"], "compression": n_full / max(1, nnz),
+           "memory_fraction": c["memory"] / max(1.0, f["memory"]),
+           "units": dict(info.get("units", {})), "units_full": dict(info.get("units_full", {}))}
+    for bs in latency_batches:
+        t_full, t_comp = compare_latency(full, compact, tuple(example_input.shape[1:]), bs, repeats)
+        out[f"latency_full_b{bs}"], out[f"latency_compact_b{bs}"] = t_full, t_comp
         out[f"speedup_measured_b{bs}"] = t_full / t_comp
     return out

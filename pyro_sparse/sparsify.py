@@ -346,14 +346,14 @@ class SparseModel(Classifier):
                 def apply(t, key=key, unit=unit, p=p):
                     m = cache.get(key)
                     if m is None:
-                        u = t if p.index is None else t.index_select(1, p.index)
+                        u = t if p.index is None else t.index_select(1, p.index.to(t.device))
                         m = unit.test_multiplier(u, posterior[key], self.unit_options.get("threshold")) if test \
                             else unit.multiplier(u)
                         cache[key] = m
                     if p.index is not None:
                         lead = m.shape[:-1]
                         scale = torch.ones(*lead, t.shape[1], dtype=m.dtype, device=m.device)
-                        m = scale.index_copy(-1, p.index, m.index_select(-1, p.root_index))
+                        m = scale.index_copy(-1, p.index.to(m.device), m.index_select(-1, p.root_index.to(m.device)))
                     return t * _broadcast_units(m, t)
 
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
@@ -405,7 +405,9 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         for name, m in chosen.items():
             model.weights[key_of(name)] = WeightSite(m.weight, spec.prior)
             model.weight_layers[key_of(name)] = name
-            m.weight.requires_grad_(False)  # the latent θ replaces it; it stays as the architecture's tensor
+            weight = m.weight.detach()
+            del m.weight  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
+            m.register_buffer("weight", weight)
         return model
     _place_units(model, net, spec, chosen, example_input, options)
     return model

@@ -1,8 +1,8 @@
 """Effect handlers of pyro-sparse."""
 
 from .local import (
-    LocalReparameterizationMessenger,
     LocalOps,
+    LocalReparameterizationMessenger,
     conv,
     conv2d,
     linear,

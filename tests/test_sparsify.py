@@ -1,0 +1,265 @@
+"""sparsify / compact / save_compact / load_compact over a zoo of networks × every method (issue 14).
+
+Each case trains a few steps on real images, then forces pruning (the posterior of a fixed random part of the units
+or weights is set to "pruned", so no case passes vacuously), and checks: the compact network equals the eval-mode
+model on a probe batch, units really go, FLOPs and parameters go down, coupled channels go together, and a
+save/load round trip (no unpickling) gives the same network.
+"""
+
+import copy
+
+import numpy as np
+import pyro
+import pytest
+import torch
+import torchvision
+from conftest import data_root
+from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import nets
+from torch import nn
+
+from pyro_sparse import compact, load_compact, save_compact, sparsify
+from pyro_sparse.errors import InvalidInputError, UnsupportedModelError
+from pyro_sparse.infer import SparseELBO
+from pyro_sparse.metrics import compare, network_cost
+
+METHODS = ("svd", "sbp", "bb", "dbb")
+
+
+class Custom(nn.Module):
+    """A user's own CNN: a depthwise-separable block with a residual addition, a concatenation, a tuple kernel,
+    a dilated strided conv, a functional global average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw, self.bn_dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16)
+        self.pw, self.bn_pw = nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16)
+        self.branch = nn.Conv2d(16, 8, (3, 1), padding=(1, 0))
+        self.mix = nn.Conv2d(24, 32, 3, stride=2, padding=2, dilation=2)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.stem(x)))
+        h = torch.relu(self.bn_pw(self.pw(torch.relu(self.bn_dw(self.dw(h))))) + h)
+        h = torch.cat([h, torch.relu(self.branch(h))], 1)
+        return self.head(torch.relu(self.mix(h)).mean((2, 3)))
+
+
+ZOO = {
+    "lenet5": lambda: nets.build("lenet5", (1, 28, 28), 10, mean=0.13, std=0.3),
+    "vgg_like": lambda: nets.build("vgg_like", (3, 32, 32), 10, k=0.125),
+    "resnet20": lambda: nets.build("resnet20", (3, 32, 32), 10),
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "custom": Custom,
+}
+
+
+def _images(arch: str, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` real training images: MNIST for LeNet-5, CIFAR-10 for the others."""
+    root = data_root()
+    if arch == "lenet5":
+        from torchvision.datasets import MNIST
+
+        if not (root / "MNIST" / "raw").is_dir():
+            pytest.skip(f"MNIST not under {root}")
+        ds = MNIST(str(root), train=True)
+        return ds.data[:n].unsqueeze(1).float() / 255, ds.targets[:n].long()
+    folder = root / "CIFAR10"
+    if not (folder / "train_images.npy").is_file():
+        pytest.skip(f"CIFAR-10 not under {folder}")
+    x = np.load(folder / "train_images.npy", mmap_mode="r", allow_pickle=False)[:n]
+    y = np.load(folder / "train_labels.npy", mmap_mode="r", allow_pickle=False)[:n]
+    return torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(np.array(y)).long()
+
+
+@torch.no_grad()
+def force_prune(guide: MeanFieldGuide, fraction: float = 0.5, seed: int = 0) -> None:
+    """Set the posterior of a random ``fraction`` of every latent site to one its keep rule prunes; for SVD weights,
+    whole input columns too, so that channels die."""
+    g = torch.Generator().manual_seed(seed)
+    for fam in guide.sites.values():
+        params = dict(fam.named_parameters())
+        shape = next(iter(params.values())).shape
+        mask = torch.rand(shape, generator=g) < fraction
+        if "a_uc_unconstrained" in params:  # Kumaraswamy: a → 0 gives E[π] → 0
+            params["a_uc_unconstrained"][mask] = -12.0
+        elif "log_sigma2_unconstrained" in params:  # Gaussian weights: log α ≫ 3
+            cols = torch.rand(shape[1], generator=g) < 0.4
+            mask[:, cols] = True
+            params["log_sigma2_unconstrained"][mask] = 12.0
+            params["loc_unconstrained"][mask] = 1e-3
+        elif "loc_unconstrained" in params and "log_scale_unconstrained" in params and len(shape) == 1 \
+                and type(fam).__name__.startswith("Truncated"):  # truncated log-normal: SNR ≪ 1
+            params["loc_unconstrained"][mask] = -15.0
+            params["log_scale_unconstrained"][mask] = 1.5
+
+
+def _train(model, guide, x, y, steps: int = 2):
+    elbo = SparseELBO()
+    opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-2)
+    for _ in range(steps):
+        loss = elbo.differentiable_loss(model, guide, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_zoo(arch, method, tmp_path):
+    x, y = _images(arch)
+    net = ZOO[arch]()
+    before = copy.deepcopy(net.state_dict())
+    with pyro.settings.context(module_local_params=True):
+        model = sparsify(net, method, x[:2], num_data=50)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+    # the user's network is untouched
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # compact == the eval-mode model
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(small(x), expected, rtol=1e-3, atol=1e-4 * max(1.0, float(expected.abs().max())))
+    # really smaller
+    full = ZOO[arch]().eval()
+    report = compare(full, small, x[:2])
+    assert report["flops_speedup"] > 1.05
+    info = small.pyro_sparse_compact
+    if method == "svd":
+        assert report["compression"] > 1.5
+    else:
+        assert sum(info["units"].values()) < sum(info["units_full"].values())
+        assert report["params"] < report["params_full"]
+    # save / load: safetensors + JSON, replayed on a fresh base network
+    save_compact(small, tmp_path)
+    again = load_compact(tmp_path, factory=ZOO[arch] if arch in ("resnet18", "custom") else None)
+    assert torch.allclose(again(x), small(x), atol=1e-6)
+    assert type(again) is type(net)
+
+
+def test_coupled_channels_go_together():
+    x, y = _images("custom")
+    with pyro.settings.context(module_local_params=True):
+        model = sparsify(Custom(), "bb", x[:2], num_data=50)
+        assert [p.module for p in model.placements["stem_units"]] == ["bn", "bn_dw", "bn_pw"]
+        guide = MeanFieldGuide(model)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+    kept = small.pyro_sparse_compact["units"]["stem_units"]
+    assert 0 < kept < 16
+    # the residual stream, the depthwise conv and the three BatchNorms on it lose the same channels
+    for layer in (small.stem, small.dw, small.pw):
+        assert layer.out_channels == kept
+    assert small.dw.groups == kept and small.pw.in_channels == kept
+    assert small.bn.num_features == small.bn_dw.num_features == small.bn_pw.num_features == kept
+    assert small.mix.in_channels == kept + small.branch.out_channels  # the concatenation
+
+
+def test_resnet20_residual_stream_and_units():
+    x, _ = _images("resnet20")
+    with pyro.settings.context(module_local_params=True):
+        model = sparsify(nets.build("resnet20", (3, 32, 32), 10), "sbp", x[:2])
+        guide = MeanFieldGuide(model)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+    stream = small.conv1.out_channels
+    assert stream < 16
+    for block in small.layer1:
+        assert block.conv2.out_channels == stream and block.conv1.in_channels == stream
+    # one latent for the stage-1 stream, one per block-internal group, one per projected stream, fc's inputs
+    assert len(model.placements) == 13
+
+
+def test_selectors_and_precedence():
+    x, _ = _images("vgg_like", 2)
+    net = nets.build("vgg_like", (3, 32, 32), 10, k=0.125)
+    svd_fc = sparsify(net, "svd", x, include=nn.Linear)
+    assert sorted(svd_fc.weight_layers.values()) == ["fc1", "fc2"]
+    sbp = sparsify(net, "sbp", x, exclude="conv1")
+    assert "conv1_units" not in sbp.placements and "conv2_units" in sbp.placements
+    both = sparsify(net, "svd", x, include=["conv*", nn.Linear], exclude=lambda name, m: name == "fc2")
+    assert "fc2" not in both.weight_layers.values() and "conv13" in both.weight_layers.values()
+    with pytest.raises(InvalidInputError, match="no layer selected"):
+        sparsify(net, "svd", x, include="nothing*")
+    with pytest.raises(InvalidInputError, match="unknown method"):
+        sparsify(net, "nope", x)
+    with pytest.raises(InvalidInputError, match="selector"):
+        sparsify(net, "svd", x, include=3)
+
+
+def test_paper_placement():
+    x = torch.rand(2, 1, 28, 28)
+    lenet5 = sparsify(nets.build("lenet5", (1, 28, 28), 10), "bb", x)
+    assert {k: u.num_units for k, u in lenet5.units.items()} == {
+        "conv1_units": 20, "conv2_units": 50, "fc1_units": 800, "fc2_units": 500}
+    lenet500 = sparsify(nets.build("lenet500", (1, 28, 28), 10), "sbp", x)
+    assert [u.num_units for u in lenet500.units.values()] == [784, 500, 300]
+    vgg = sparsify(nets.build("vgg_like", (3, 32, 32), 10), "dbb", torch.rand(2, 3, 32, 32))
+    assert len(vgg.units) == 15  # the 13 conv outputs + the inputs of the two dense layers
+
+
+def test_unsupported_layer_is_named():
+    class GN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gn, self.fc = nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.gn(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(UnsupportedModelError, match=r"'gn'.*exclude 'conv'"):
+        sparsify(GN(), "bb", torch.rand(2, 3, 8, 8))
+    ok = sparsify(GN(), "bb", torch.rand(2, 3, 8, 8), exclude="conv")
+    assert list(ok.placements) == ["fc_units"]
+
+
+def test_eval_mode_needs_a_guide():
+    model = sparsify(nets.build("lenet300", (1, 28, 28), 10), "sbp", torch.rand(2, 1, 28, 28))
+    model.eval()
+    with pytest.raises(InvalidInputError, match="MeanFieldGuide"):
+        model(torch.rand(2, 1, 28, 28))
+
+
+def test_svi_and_predictive_global_store():
+    """The SparseModel is a Pyro model: SVI with the global param store, vectorised particles, Predictive."""
+    x, y = _images("custom", 8)
+    pyro.clear_param_store()
+    for method in ("svd", "bb"):
+        model = sparsify(Custom(), method, x[:2], num_data=100)
+        guide = MeanFieldGuide(model)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), TraceMeanField_ELBO(num_particles=2,
+                                                                                  vectorize_particles=True))
+        losses = [svi.step(x, y) for _ in range(3)]
+        assert all(np.isfinite(losses))
+        draws = Predictive(model, guide=guide, num_samples=3, parallel=True, return_sites=["obs"])(x)
+        assert draws["obs"].shape == (3, 8)
+        pyro.clear_param_store()
+
+
+def test_flops_conventions():
+    x = torch.zeros(2, 1, 28, 28)
+    # the LeNet counts of the Sequential-only metrics (METHODS.md §5), hand-checked for LeNet-5:
+    # conv1 20·24²·(2·25−1) + 20·24² + relu 20·24² + pool 4·20·12², conv2 50·8²·(2·500−1) + 50·8² + 50·8² + 4·50·4²,
+    # fc1 (2·800−1)·500 + 500 + 500, fc2 (2·500−1)·10 + 10
+    lenet5 = (20 * 576 * 49 + 2 * 20 * 576 + 4 * 20 * 144 + 50 * 64 * 999 + 2 * 50 * 64 + 4 * 50 * 16
+              + 1599 * 500 + 1000 + 999 * 10 + 10)
+    assert network_cost(nets.build("lenet5", (1, 28, 28), 10), x)["flops"] == lenet5 == 4615940
+    assert network_cost(nets.build("lenet500", (1, 28, 28), 10), x)["flops"] == 1090800
+    # VGG-like k = 1, by hand: per conv C_out·H²·(2·9·C_in − 1) + bias + BN (2) + ReLU (1) per output element,
+    # max-pool 4 per output, fc1 + BN1d + ReLU, fc2
+    flops, c_in, h = 0, 3, 32
+    for widths in nets.VGG_WIDTHS:
+        for c in widths:
+            out = c * h * h
+            flops += out * (2 * 9 * c_in - 1) + out + 2 * out + out
+            c_in = c
+        h //= 2
+        flops += 4 * c_in * h * h
+    flops += 1023 * 512 + 512 + 2 * 512 + 512 + 1023 * 10 + 10
+    assert network_cost(nets.build("vgg_like", (3, 32, 32), 10), torch.zeros(2, 3, 32, 32))["flops"] == flops
