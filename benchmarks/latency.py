@@ -3,8 +3,8 @@ machine state), for finished runs.
 
     python benchmarks/latency.py runs/sbp_lenet500_mnist runs/sbp_lenet5_mnist ... [--repeats 50] [--processes 3]
 
-For each RUN_DIR: the compact network (``load_compressed``) against the full deterministic network of the same run
-(``compress(model, guide, keep_all=True)``), at batch 1 and batch 1000, ``torch.inference_mode``, torch's default
+For each RUN_DIR: the compact network (``load_compact``) against the full deterministic network of the same run
+(``full_network(model)``), at batch 1 and batch 1000, ``torch.inference_mode``, torch's default
 threads, timed alternately (``pyro_sparse.metrics.compare_latency``). Each run is measured in ``--processes`` fresh
 Python processes, one after the other, and every number is the median over them (``speedup_*_range``: min and max):
 on this 2-core VM a process's small-matmul speed is bimodal (the same compact LeNet-500-300 at batch 1000 takes
@@ -26,14 +26,15 @@ import torch
 
 def measure(run: str, repeats: int) -> dict:
     """One process's measurement of one run (milliseconds and ratios)."""
-    from pyro_sparse.compress import compress, load_compressed
-    from pyro_sparse.metrics import compare_latency
+    from pyro_sparse.compact import full_network, load_compact
+    from pyro_sparse.metrics import compare_latency, network_cost
     from pyro_sparse.runs import load_run
 
     model, guide, cfg = load_run(run)
-    compact, full = load_compressed(run), compress(model, guide, keep_all=True)
-    shape = tuple(compact.input_shape)
-    row = {"method": cfg["method"], "arch": cfg["arch"], "units": compact.units}
+    compact, full = load_compact(run), full_network(model)
+    shape = tuple(compact.pyro_sparse_compact["input_shape"])
+    units = [int(u) for u in network_cost(compact, torch.zeros(2, *shape))["units"]]
+    row = {"method": cfg["method"], "arch": cfg["arch"], "units": units}
     for bs in (1, 1000):
         t_full, t_comp = compare_latency(full, compact, shape, bs, repeats)
         row[f"full_ms_b{bs}"], row[f"compact_ms_b{bs}"] = 1e3 * t_full, 1e3 * t_comp

@@ -39,7 +39,7 @@ def main():
         cli(cmd)
         metrics = json.loads((run / "metrics.json").read_text())
         g = load_checkpoint(run)["guide"]
-        site = "sites.net__fc1__weight"
+        site = "sites.weights__fc1__weight"
         loc, log_s2 = g[f"{site}.loc_unconstrained"], g[f"{site}.log_sigma2_unconstrained"]
         removed = log_alpha(loc, torch.exp(0.5 * log_s2), log_variance=log_s2) >= a.threshold
         rows.append({

@@ -1,5 +1,6 @@
-"""Pyro models of pyro-sparse: the papers' architectures with a categorical likelihood."""
+"""Pyro models of pyro-sparse: plain architectures (:mod:`.nets`) and the classifier model around them."""
 
-from .architectures import ARCHS, METHODS, Classifier, build_model, build_net, load_pretrained, register_unit
+from . import nets
+from .architectures import ARCHS, METHODS, Classifier, build_model, load_pretrained, sample_shape
 
-__all__ = ["ARCHS", "METHODS", "Classifier", "build_model", "build_net", "load_pretrained", "register_unit"]
+__all__ = ["ARCHS", "METHODS", "Classifier", "build_model", "load_pretrained", "nets", "sample_shape"]

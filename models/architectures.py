@@ -1,19 +1,12 @@
-"""Architectures of the papers (METHODS.md §4) as Pyro models: a network + a categorical likelihood over a data plate.
-
-Every architecture is buildable for every method from the same layer names, so a dense run's ``state_dict``
-initialises a sparse run (``--init-from``):
-
-* ``dense``: plain ``PyroModule[nn.Linear/Conv2d]`` (point estimates; pretraining and baselines);
-* ``svd``: every weight layer is an :class:`~pyro_sparse.nn.SVDLinear` / :class:`~pyro_sparse.nn.SVDConv2d`;
-* ``sbp`` / ``bb`` / ``dbb``: dense weights plus a unit module (noise or gate) on the inputs of every dense layer
-  and on the output channels of every conv layer (METHODS.md §2, §3 placement).
+"""The Pyro model of a classifier: a network + a categorical likelihood over a data plate (``Classifier``), and
+``build_model``, the registry entry point: a plain network of :mod:`pyro_sparse.models.nets` (or the user's own, by
+``package.module:factory``) with a method attached by :func:`pyro_sparse.sparsify` (``dense``: none, the
+point-estimate baseline). One path for every method and network: no per-method copy of an architecture.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -22,79 +15,10 @@ from pyro.nn import PyroModule
 from pyro.poutine.runtime import get_plates
 from torch import nn
 
-from pyro_sparse.nn import BBGate, DBBGate, SBPNoise, Standardize, SVDConv2d, SVDLinear, set_train_clip
+from . import nets
 
-ARCHS = ("logreg", "lenet300", "lenet500", "lenet5")
+ARCHS = tuple(nets.NETS)
 METHODS = ("dense", "svd", "sbp", "bb", "dbb")
-_MLP_HIDDEN = {"logreg": [], "lenet300": [300, 100], "lenet500": [500, 300]}
-
-#: unit-module constructors per method (extend with :func:`register_unit`)
-UNIT_MODULES: dict[str, Callable[..., nn.Module]] = {"sbp": SBPNoise, "bb": BBGate, "dbb": DBBGate}
-
-
-def register_unit(method: str, factory: Callable[..., nn.Module]) -> None:
-    """Make ``method`` place ``factory(num_units)`` at every unit position of every architecture."""
-    UNIT_MODULES[method] = factory
-
-
-def _linear(method: str, i: int, o: int) -> nn.Module:
-    return SVDLinear(i, o) if method == "svd" else PyroModule[nn.Linear](i, o)
-
-
-def _conv(method: str, ci: int, co: int, k: int) -> nn.Module:
-    return SVDConv2d(ci, co, k) if method == "svd" else PyroModule[nn.Conv2d](ci, co, k)
-
-
-def build_net(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int,
-              mean: float = 0.0, std: float = 1.0, train_clip: float | None = None, **unit_kwargs) -> PyroModule:
-    """The network ``[B, *input_shape] -> logits [B, num_classes]`` as a ``PyroModule[nn.Sequential]``.
-
-    :param input_shape: one example's shape, ``(1, 28, 28)`` for MNIST or ``(64,)`` for digits.
-    :param mean, std: input standardisation (scalars, stored as buffers in the network).
-    :param train_clip: SVD only: log α threshold above which weights also leave the training-time mean
-        (:attr:`pyro_sparse.nn.SVDLinear.train_clip`); ``None`` (default) keeps every mean.
-    :param unit_kwargs: passed to every unit module (e.g. ``temperature`` for BB/DBB).
-    :raises ValueError: unknown arch or method, or an input shape the arch cannot take.
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    unit = UNIT_MODULES.get(method)
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-
-    def add_unit(name: str, k: int):
-        if unit is not None:
-            layers[f"{name}_units"] = unit(k, **unit_kwargs)
-
-    if arch == "lenet5":
-        if tuple(input_shape) != (1, 28, 28):
-            raise ValueError(f"arch lenet5 expects 28x28 images [1, 28, 28], got examples of shape {list(input_shape)}")
-        layers["standardize"] = Standardize(mean, std)
-        layers["conv1"] = _conv(method, 1, 20, 5)
-        add_unit("conv1", 20)
-        layers["relu1"] = nn.ReLU()
-        layers["pool1"] = nn.MaxPool2d(2)
-        layers["conv2"] = _conv(method, 20, 50, 5)
-        add_unit("conv2", 50)
-        layers["relu2"] = nn.ReLU()
-        layers["pool2"] = nn.MaxPool2d(2)
-        layers["flatten"] = nn.Flatten()
-        sizes = [800, 500, num_classes]
-    else:
-        in_features = int(torch.Size(input_shape).numel())
-        layers["flatten"] = nn.Flatten()
-        layers["standardize"] = Standardize(mean, std)
-        sizes = [in_features, *_MLP_HIDDEN[arch], num_classes]
-    for i in range(len(sizes) - 1):
-        name = f"fc{i + 1}"
-        add_unit(name, sizes[i])
-        layers[name] = _linear(method, sizes[i], sizes[i + 1])
-        if i < len(sizes) - 2:
-            layers[f"relu_{name}"] = nn.ReLU()
-    net = PyroModule[nn.Sequential](layers)
-    set_train_clip(net, train_clip)
-    return net
 
 
 def sample_shape() -> tuple[int, ...]:
@@ -151,34 +75,48 @@ class Classifier(PyroModule):
 
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,
-                mean: float = 0.0, std: float = 1.0, **net_kwargs) -> Classifier:
-    """Build the Pyro model of ``arch`` for ``method`` (see the module docstring; ``net_kwargs``: :func:`build_net`)."""
-    net = build_net(arch, method, input_shape, num_classes, mean, std, **net_kwargs)
-    return Classifier(net, input_shape, num_data)
+                mean: float = 0.0, std: float = 1.0, train_clip: float | None = None, **options) -> Classifier:
+    """The Pyro model of network ``arch`` with ``method`` attached.
+
+    :param arch: a name of :data:`pyro_sparse.models.nets.NETS`, or ``package.module:factory`` (see
+        :func:`pyro_sparse.models.nets.build`).
+    :param method: ``dense`` (a :class:`Classifier` without latents) or a method of :func:`pyro_sparse.sparsify`.
+    :param mean, std: input standardisation inside the network (the networks of ``nets``).
+    :param train_clip: SVD only: see :func:`pyro_sparse.nn.set_train_clip`.
+    :param options: unit options passed to :func:`pyro_sparse.sparsify` (e.g. ``temperature``).
+    :raises ValueError: unknown arch or method, or an input shape the arch cannot take.
+    """
+    from pyro_sparse.nn import set_train_clip
+    from pyro_sparse.sparsify import sparsify
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    net = nets.build(arch, input_shape, num_classes, mean, std)
+    if method == "dense":
+        return Classifier(net, input_shape, num_data)
+    model = sparsify(net, method, torch.zeros(2, *input_shape), num_data=num_data, **options)
+    set_train_clip(model, train_clip)
+    return model
 
 
 def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Initialise ``model`` from a (dense) run's ``state_dict``; returns the keys used.
 
-    Tensors whose name exists in ``model`` are copied; a dense ``<layer>.weight`` initialises an SVD layer's
-    ``weight_init`` (the guide's θ init). Names matching nothing are ignored, shape mismatches raise ValueError.
+    Tensors whose name exists in ``model`` are copied (a dense ``net.<layer>.weight`` also becomes an SVD layer's
+    initial θ). Names matching nothing are ignored; shape mismatches raise ValueError.
     """
     own = model.state_dict(keep_vars=True)
     used = []
     for key, value in state_dict.items():
         target = own.get(key)
         if target is None:
-            module_name, _, attr = key.rpartition(".")
-            try:
-                module = model.get_submodule(module_name)
-            except AttributeError:
-                continue
-            target = getattr(module, f"{attr}_init", None)
-            if not torch.is_tensor(target):
-                continue
+            continue
         if target.shape != value.shape:
             raise ValueError(f"pretrained {key!r} has shape {list(value.shape)}, model expects {list(target.shape)}")
         with torch.no_grad():
             target.copy_(value)
         used.append(key)
+    for key, path in getattr(model, "weight_layers", {}).items():  # SVD: the guide's θ starts at the loaded weight
+        with torch.no_grad():
+            model.weights[key].weight_init.copy_(model.net.get_submodule(path).weight)
     return used

@@ -25,27 +25,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import importlib
+
 import torch
 from torch import nn
 
+from pyro_sparse.nn import Standardize
+
 #: attribute on a built network: ``{"name": ..., "kwargs": {...}}`` (JSON-able), used by save/load of compact nets
 FACTORY_ATTR = "pyro_sparse_factory"
-
-
-class Standardize(nn.Module):
-    """``(x − mean) / std``; scalars or one value per channel (dim 1). Lets networks take inputs as ``ToTensor()``
-    gives them."""
-
-    def __init__(self, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0):
-        super().__init__()
-        mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-        if mean_t.dim() == 1:
-            mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
-        self.register_buffer("mean", mean_t)
-        self.register_buffer("std", std_t)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def _mlp(hidden: Sequence[int], input_shape, num_classes, mean, std) -> nn.Sequential:
@@ -171,15 +159,32 @@ NETS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(name: str, input_shape: Sequence[int], num_classes: int = 10, mean=0.0, std=1.0, **kwargs) -> nn.Module:
+def build(name: str, input_shape: Sequence[int] = (), num_classes: int = 10, mean=0.0, std=1.0,
+          **kwargs) -> nn.Module:
     """The plain network ``name`` (see the module docstring) for examples of ``input_shape`` (no batch dim).
+
+    ``name`` may also be ``package.module:factory``, a user's own network: ``factory(**kwargs)`` is called (it gets
+    neither the input shape nor the standardisation: the network takes inputs as the data come).
 
     :param mean, std: input standardisation (scalars or one per channel).
     :param kwargs: architecture options (``k`` for ``vgg_like``).
-    :raises ValueError: unknown name, or an input shape the architecture cannot take.
+    :raises ValueError: unknown name, a factory that cannot be imported or returns no ``nn.Module``, or an input
+        shape the architecture cannot take.
     """
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"arch {name!r}: cannot import the factory ({e}); expected package.module:callable") \
+                from None
+        net = factory(**kwargs)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"arch {name!r}: the factory returned a {type(net).__name__}, expected an nn.Module")
+        setattr(net, FACTORY_ATTR, {"name": name, "kwargs": dict(kwargs)})
+        return net
     if name not in NETS:
-        raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(NETS)}")
+        raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(NETS)} or package.module:factory")
     mean = mean.tolist() if torch.is_tensor(mean) else mean
     std = std.tolist() if torch.is_tensor(std) else std
     net = NETS[name](input_shape=tuple(input_shape), num_classes=num_classes, mean=mean, std=std, **kwargs)

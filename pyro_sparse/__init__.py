@@ -9,10 +9,9 @@ module-local parameters inside :func:`module_local_params` and restore the calle
 
 from . import distributions  # (registers the KL pairs)
 from .compact import compact, load_compact, save_compact
-from .compress import load_compressed
 from .settings import module_local_params
 from .sparsify import Method, SparseModel, register_method, sparsify
 
 __version__ = "0.1.0"
-__all__ = ["Method", "SparseModel", "compact", "distributions", "load_compact", "load_compressed",
-           "module_local_params", "register_method", "save_compact", "sparsify"]
+__all__ = ["Method", "SparseModel", "compact", "distributions", "load_compact", "module_local_params",
+           "register_method", "save_compact", "sparsify"]

@@ -57,6 +57,17 @@ def _finite(text: str) -> float:
     return v
 
 
+def _arch(text: str) -> str:
+    """argparse type: a network of ``pyro_sparse.models.nets`` or ``package.module:factory``."""
+    from pyro_sparse.models import ARCHS
+
+    module, sep, attr = text.partition(":")
+    if text in ARCHS or (sep and module and attr):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(ARCHS)}, or "
+                                     "package.module:factory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pyro_sparse.models import ARCHS, METHODS
 
@@ -69,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--method", required=True, choices=METHODS)
-    t.add_argument("--arch", required=True, choices=ARCHS)
+    t.add_argument("--arch", required=True, type=_arch, metavar="ARCH",
+                   help=f"{', '.join(ARCHS)}, or package.module:factory (a function returning your own nn.Module)")
     t.add_argument("--dataset", required=True, choices=DATASETS)
     t.add_argument("--data-root", default=None,
                    help="folder holding MNIST/ and FashionMNIST/ (torchvision layout); default $PYRO_SPARSE_DATA")
@@ -397,23 +409,27 @@ def _print_summary(m: dict) -> None:
 
 
 def cmd_evaluate(a, argv, parser) -> int:
-    from .compress import load_compressed
+    import torch
+
+    from .compact import load_compact
     from .data import load_dataset
-    from .metrics import classification_error
+    from .metrics import classification_error, network_cost
     from .runfiles import read_config
 
     run = Path(a.run_dir)
     cfg = read_config(run)
     _check_device(a.device)
-    net = load_compressed(run, a.device)
+    net = load_compact(run, device=a.device)
+    shape = tuple(net.pyro_sparse_compact["input_shape"])
     data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
-    if tuple(data.input_shape) != tuple(net.input_shape):
-        raise RunDirError(f"the compact network of {run} takes inputs {list(net.input_shape)}, {cfg['dataset']} has "
+    if tuple(data.input_shape) != shape:
+        raise RunDirError(f"the compact network of {run} takes inputs {list(shape)}, {cfg['dataset']} has "
                           f"{list(data.input_shape)}")
-    err = classification_error(net.to(a.device), data.x_test.to(a.device), data.y_test.to(a.device))
+    err = classification_error(net, data.x_test.to(a.device), data.y_test.to(a.device))
+    units = [int(u) for u in network_cost(net, torch.zeros(2, *shape, device=a.device))["units"]]
     import json
 
-    print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": net.units}))
+    print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": units}))
     return 0
 
 

@@ -85,8 +85,9 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     """The compact deterministic network of a trained ``model`` (see the module docstring).
 
     :param guide: the trained guide (default: the one bound to ``model``).
-    :param weight_threshold: SVD log α threshold (default: the method's, 3).
-    :param unit_threshold: SBP SNR / BB E[π] threshold (default: the model's option, else 1 / 1e-3).
+    :param weight_threshold: SVD log α threshold (default: the model's ``thresholds``, else the method's, 3).
+    :param unit_threshold: SBP SNR / BB E[π] threshold (default: the model's ``thresholds``, else 1 / 1e-3).
+        Thresholds given here become the model's ``thresholds`` (its ``.eval()`` network prunes alike).
     :param probe: inputs ``[B, *input_shape]`` for the self-check (default: the model's ``example_input``).
     :param rtol, atol: tolerance of the self-check (``atol`` relative to the largest logit, at least 1).
     :returns: a plain ``nn.Module`` in eval mode, on the model's device, with ``pyro_sparse_compact`` (a dict:
@@ -94,13 +95,20 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     :raises InvalidInputError: no guide.
     :raises CompactMismatchError: the compact network differs from the eval-mode model on the probe batch.
     """
+    if not isinstance(model, SparseModel):  # a model without latents (the dense baseline): its network as it is
+        net = full_network(model)
+        setattr(net, INFO_ATTR, {"format": COMPACT_FORMAT, "method": "dense", "input_shape": list(model.input_shape),
+                                 "units": {}, "units_full": {}, "history": [], "selects": {}, "gates": {},
+                                 "factory": getattr(model.net, "pyro_sparse_factory", None)})
+        return net
     guide = guide or model.guide
     if guide is None:
         raise InvalidInputError("compact needs the trained guide: compact(model, guide)")
     model.bind_guide(guide)
-    if unit_threshold is not None:
-        model.unit_options = {**model.unit_options, "threshold": unit_threshold}
-    unit_threshold = model.unit_options.get("threshold")
+    for kind, value in (("weight", weight_threshold), ("unit", unit_threshold)):
+        if value is not None:  # the eval-mode model (and so the self-check) uses the same keep rule
+            model.thresholds[kind] = value
+    weight_threshold, unit_threshold = model.thresholds["weight"], model.thresholds["unit"]
     net = copy.deepcopy(model.net).eval()
     example = model.example_input
     for path, w in model.test_weights(guide, weight_threshold).items() if model.weight_layers else ():
@@ -216,6 +224,20 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     return net
 
 
+@torch.no_grad()
+def full_network(model) -> nn.Module:
+    """The unpruned deterministic network of ``model``'s architecture, in eval mode: a copy of its ``net`` with every
+    SVD weight a parameter again (θ where a guide is bound). The baseline of FLOPs, memory and latency."""
+    net = copy.deepcopy(model.net).eval()
+    guide = getattr(model, "guide", None)
+    for key, path in getattr(model, "weight_layers", {}).items():
+        layer = net.get_submodule(path)
+        w = layer.weight if guide is None else guide.posterior(model.site_name("weights", key, "weight")).loc
+        del layer.weight
+        layer.weight = nn.Parameter(w.detach().clone())
+    return net
+
+
 def _channels(m: nn.Module, side: str) -> int:
     if isinstance(m, NORM_LAYERS):
         return m.num_features
@@ -307,7 +329,8 @@ def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] 
         if info.get("format") != COMPACT_FORMAT:
             raise ValueError(f"format {info.get('format')!r}, expected {COMPACT_FORMAT!r}")
     except Exception as e:
-        raise RunDirError(f"cannot read {spec_path} ({one_line(e)})") from None
+        raise RunDirError(f"cannot load the compact network from {directory}: {COMPACT_SPEC} is unreadable "
+                          f"({one_line(e)}); expected the files written by pyro_sparse.save_compact") from None
     if factory is None and info.get("factory") is None:
         raise InvalidInputError(f"{directory} holds a compact network of a user's own architecture: pass "
                                 "factory=... (a callable returning a fresh, unpruned instance)")

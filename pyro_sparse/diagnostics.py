@@ -28,7 +28,11 @@ from .distributions import log_alpha
 
 
 def _short(name: str) -> str:
-    return name[4:] if name.startswith("net.") else name
+    """A site's display name: ``units.fc1_units.pi`` → ``fc1_units.pi``, ``weights.fc1.weight`` → ``fc1.weight``."""
+    for prefix in ("net.", "units.", "weights."):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
 
 
 def _unit_log_alpha(q) -> torch.Tensor:
@@ -128,13 +132,13 @@ def input_mask(model, guide) -> np.ndarray:
 
     Static pruning only (the compact network's ``Select``); DBB's per-example gates come on top of it.
     """
-    from .compress import compress
+    from .compact import compact
     from .nn import Select
 
-    compact = compress(model, guide)
+    small = compact(model, guide)
     n = int(np.prod(model.input_shape))
     keep = np.zeros(n, dtype=bool)
-    sel = next((m for m in compact if isinstance(m, Select)), None)
+    sel = next((m for m in small.modules() if isinstance(m, Select)), None)
     keep[sel.index.cpu().numpy() if sel is not None else np.arange(n)] = True
     return keep
 

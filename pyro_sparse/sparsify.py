@@ -32,9 +32,11 @@ selected, so ``exclude="conv1"`` on a ResNet leaves the whole residual stream th
 family for a new prior type is registered with :func:`pyro_sparse.guides.register_family` and its KL with
 ``torch.distributions.kl.register_kl``.
 
-In ``.eval()`` mode a :class:`SparseModel` is the deterministic test-time network (posterior means, pruned units and
-weights zeroed; it reads the posterior from the guide bound to it: :class:`~pyro_sparse.guides.MeanFieldGuide`
-binds itself), as dropout layers behave in PyTorch. :func:`pyro_sparse.compact` turns it into a plain, smaller
+In ``.eval()`` mode a :class:`SparseModel` called directly is the deterministic test-time network (posterior means,
+pruned units and weights zeroed; it reads the posterior from the guide bound to it:
+:class:`~pyro_sparse.guides.MeanFieldGuide` binds itself), as dropout layers behave in PyTorch. Under Pyro inference
+(``SVI``, ``Predictive``, any ``poutine.trace``) it is always the probabilistic model; ``.eval()`` then only puts
+BatchNorm and DBB's running statistics in inference mode. :func:`pyro_sparse.compact` turns it into a plain, smaller
 network of the same architecture.
 """
 
@@ -49,6 +51,8 @@ from dataclasses import dataclass, field
 
 import torch
 from pyro.nn import PyroModule, PyroSample
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 from torch.func import functional_call
 
@@ -266,7 +270,9 @@ class SparseModel(Classifier):
         self.weight_layers: dict[str, str] = {}  # WeightSite key -> module path
         self.placements: dict[str, list[Placement]] = {}
         self.groups: list[ChannelGroup] = []
-        self.unit_options: dict = {}
+        #: the keep rules' thresholds of the ``.eval()`` network and of :func:`pyro_sparse.compact` (None: the
+        #: method's default: log α 3 for SVD, SNR 1 for SBP, E[π] 1e-3 for BB/DBB)
+        self.thresholds: dict[str, float | None] = {"weight": None, "unit": None}
         self.register_buffer("example_input", example_input.detach().clone(), persistent=False)
         object.__setattr__(self, "_guide_ref", None)
 
@@ -311,10 +317,12 @@ class SparseModel(Classifier):
 
     # --- forward -------------------------------------------------------------------------------------------
     def network(self, x: torch.Tensor) -> torch.Tensor:
-        test = not self.training
+        # Pyro inference (SVI, Predictive, any trace) always sees the probabilistic model; a plain call in .eval()
+        # mode is the deterministic test-time network
+        test = not self.training and not any(isinstance(m, TraceMessenger) for m in _PYRO_STACK)
         posterior = {}
         if test:
-            overrides = self.test_weights() if self.weight_layers else {}
+            overrides = self.test_weights(threshold=self.thresholds["weight"]) if self.weight_layers else {}
             posterior = {key: self.unit_posterior(key) for key in self.placements}
         else:
             overrides = {}
@@ -347,7 +355,7 @@ class SparseModel(Classifier):
                     m = cache.get(key)
                     if m is None:
                         u = t if p.index is None else t.index_select(1, p.index.to(t.device))
-                        m = unit.test_multiplier(u, posterior[key], self.unit_options.get("threshold")) if test \
+                        m = unit.test_multiplier(u, posterior[key], self.thresholds["unit"]) if test \
                             else unit.multiplier(u)
                         cache[key] = m
                     if p.index is not None:
@@ -394,7 +402,7 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
     example_input = example_input.detach().to(next(iter(net.parameters()), example_input).device)
     threshold = options.pop("threshold", None)
     model = SparseModel(net, spec, tuple(example_input.shape[1:]), num_data, example_input)
-    model.unit_options = {"threshold": threshold}
+    model.thresholds["unit"] = threshold
     chosen = {name: m for name, m in net.named_modules()
               if isinstance(m, spec.layer_types) and (include is None or matches(include, name, m))
               and not matches(exclude, name, m)}

@@ -294,7 +294,7 @@ def _api_cases():
     from pyro_sparse.models import build_model
 
     from pyro_sparse import errors
-    from pyro_sparse.compress import load_compressed
+    from pyro_sparse.compact import load_compact
     from pyro_sparse.data import load_dataset, split_validation
     from pyro_sparse.infer import TrainConfig, fit, load_checkpoint
     from pyro_sparse.poutine import resolve_kl_scale
@@ -351,9 +351,9 @@ def _api_cases():
         ("ckpt-garbage", on(lambda r, t: _damage(r, "svd", t, "checkpoint.pt", b"0"), load_checkpoint),
          errors.CheckpointError, "unreadable or corrupted"),
         ("ckpt-missing", lambda r, t: lambda: load_checkpoint(t), errors.CheckpointError, "no checkpoint at"),
-        ("compact-missing", lambda r, t: lambda: load_compressed(r / "cut"), FileNotFoundError,
+        ("compact-missing", lambda r, t: lambda: load_compact(r / "cut"), FileNotFoundError,
          "holds no compact network"),
-        ("compact-garbage", on(lambda r, t: _damage(r, "svd", t, "compact.json", "[]"), load_compressed),
+        ("compact-garbage", on(lambda r, t: _damage(r, "svd", t, "compact.json", "[]"), load_compact),
          errors.RunDirError, "cannot load the compact network"),
         ("data-name", lambda r, t: lambda: load_dataset("cifar"), ValueError, "unknown dataset 'cifar'"),
         ("data-root", lambda r, t: lambda: load_dataset("mnist", t / "nowhere"), errors.DataNotFoundError,
@@ -373,7 +373,7 @@ def _api_cases():
          "line 1 is corrupted"),
         ("load-run", on(lambda r, t: _cfg_edit(r, "svd", t, arch="vgg"), load_run), errors.RunDirError,
          "does not describe a model"),
-        ("kl-key", lambda r, t: lambda: resolve_kl_scale(["net.fc1_units.theta"], {"fc9": 2.0}), ValueError,
+        ("kl-key", lambda r, t: lambda: resolve_kl_scale(["units.fc1_units.theta"], {"fc9": 2.0}), ValueError,
          "layer 'fc9' has no latent site"),
         ("guide-prior", lambda r, t: odd_model, TypeError, "no guide family registered for prior Odd"),
     ]

@@ -104,7 +104,7 @@ def test_dbb_compact_equals_gated_evaluation():
     from pyro_sparse.guides import MeanFieldGuide, latent_sites
     from pyro_sparse.models import build_model
 
-    from pyro_sparse.compress import compress
+    from pyro_sparse.compact import compact
     from pyro_sparse.nn import DBBGate
     from pyro_sparse.nn.dbb import _summary
 
@@ -127,22 +127,22 @@ def test_dbb_compact_equals_gated_evaluation():
                 elif name == "loc":
                     p.copy_(torch.randn_like(p) * 0.5)
     names = {(id(m), attr): n for n, m, attr, _ in latent_sites(model)}
-    model.eval()
-    x = torch.rand(9, 1, 28, 28)
-    h = x
+    h = torch.rand(9, 50, 8, 8)
     with torch.no_grad():
-        for m in model.net.children():
-            if isinstance(m, DBBGate):
+        for m in model.modules():  # the test-time gate is Eq. 24, zeroed below the threshold
+            if isinstance(m, DBBGate) and m.num_units == 50:
                 e_pi = guide.posterior(names[id(m), "pi"]).mean
                 e_beta = guide.posterior(names[id(m), "beta"]).mean
                 g = e_pi * m.factor(_summary(h), e_beta)
                 g = torch.where((g >= 1e-3) & (e_pi >= 1e-3), g, torch.zeros_like(g))
-                h = h * g.view(*g.shape, *([1] * (h.dim() - 2)))
-            else:
-                h = m(h)
-        compact = compress(model, guide)
-        assert sum(compact.units) < sum(compress(model, guide, keep_all=True).units)
-        assert torch.allclose(compact(x), h, atol=1e-4, rtol=1e-4)
+                post = {"pi": guide.posterior(names[id(m), "pi"]), "beta": guide.posterior(names[id(m), "beta"])}
+                assert torch.allclose(m.test_multiplier(h, post), g)
+        small = compact(model, guide)  # checks itself against model.eval() on the example batch
+        info = small.pyro_sparse_compact
+        assert sum(info["units"].values()) < sum(info["units_full"].values())
+        x = torch.rand(9, 1, 28, 28)
+        model.eval()
+        assert torch.allclose(small(x), model(x), atol=1e-4, rtol=1e-4)
 
 
 def test_dbb_two_stage_freezes_the_bb_guide(tmp_path):

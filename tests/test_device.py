@@ -10,7 +10,7 @@ import torch
 from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model
 
-from pyro_sparse.compress import load_compressed
+from pyro_sparse.compact import load_compact
 from pyro_sparse.data import Dataset
 from pyro_sparse.infer import TrainConfig, fit
 from pyro_sparse.metrics import classification_error
@@ -41,7 +41,7 @@ def test_train_compress_save_on_device(device, method, tmp_path):
     assert {p.device.type for p in guide.parameters()} == {device}
     assert 0.0 <= metrics["test_error"] <= 100.0 and metrics["flops_speedup"] >= 1.0
     # the saved compact network loads on the CPU and gives the error fit reported on the device
-    compact = load_compressed(tmp_path)
+    compact = load_compact(tmp_path)
     assert {p.device.type for p in compact.parameters()} == {"cpu"}
     err = classification_error(compact, data.x_test, data.y_test)
     assert err == pytest.approx(metrics["test_error"], abs=100.0 / len(data.y_test) + 1e-9)

@@ -52,12 +52,12 @@ def test_kl_scale_multiplies_only_that_layers_kl():
         per_site = {n: torch.distributions.kl_divergence(guide.posterior(n), model_prior(model, n)).sum().item()
                     for n in guide.site_names}
     scales = {"conv1": 40.0, "fc2": 0.5}
-    assert resolve_kl_scale(guide.site_names, scales) == {"net.conv1_units.theta": 40.0, "net.fc2_units.theta": 0.5}
+    assert resolve_kl_scale(guide.site_names, scales) == {"units.conv1_units.theta": 40.0, "units.fc2_units.theta": 0.5}
     elbo = SparseELBO()
     pyro.set_rng_seed(1)
     loss = elbo.differentiable_loss(model, kl_scale(guide, scales), x, y)
-    expected = sum(per_site.values()) + 39.0 * per_site["net.conv1_units.theta"] - 0.5 * per_site[
-        "net.fc2_units.theta"]
+    expected = sum(per_site.values()) + 39.0 * per_site["units.conv1_units.theta"] - 0.5 * per_site[
+        "units.fc2_units.theta"]
     assert float(elbo.kl) == pytest.approx(expected, rel=1e-4)
     assert loss.item() == pytest.approx(float(elbo.nll + elbo.kl), rel=1e-5)
     pyro.set_rng_seed(1)  # Pyro's own mean-field ELBO reads the same scale from the guide side

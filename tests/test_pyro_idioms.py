@@ -20,7 +20,7 @@ from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
 from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model
 
-from pyro_sparse.compress import compress
+from pyro_sparse.compact import compact
 from pyro_sparse.data import load_dataset
 from pyro_sparse.infer import SparseELBO, TrainConfig, fit
 from pyro_sparse.metrics import classification_error
@@ -190,7 +190,7 @@ def test_svi_global_store_equals_elbo_module(method, data):
     pyro.set_rng_seed(5)
     svi_losses = [svi.step(data.x_train[i], data.y_train[i]) for i in batches]
     assert len(pyro.get_param_store()) > 0  # the guide's PyroParams live in the global store
-    svi_error = classification_error(compress(model, guide), data.x_test, data.y_test)
+    svi_error = classification_error(compact(model, guide), data.x_test, data.y_test)
     pyro.clear_param_store()
     with pyro.settings.context(module_local_params=True):
         model, guide = _build(method, data)
@@ -204,7 +204,7 @@ def test_svi_global_store_equals_elbo_module(method, data):
             optim.step()
             optim.zero_grad()
             module_losses.append(loss.item())
-        module_error = classification_error(compress(model, guide), data.x_test, data.y_test)
+        module_error = classification_error(compact(model, guide), data.x_test, data.y_test)
     assert len(pyro.get_param_store()) == 0  # module-local: the store is untouched
     assert torch.allclose(torch.tensor(svi_losses), torch.tensor(module_losses), rtol=1e-5)
     assert svi_error == module_error
@@ -311,11 +311,11 @@ def test_guide_traces_record_draws_from_q(data):
     """No hidden means: the SVD weight a guide trace records is a fresh draw from N(θ, σ²) every time."""
     model, guide = _build("svd", data)
     with torch.no_grad():
-        fam = guide.sites["net__fc1__weight"]
+        fam = guide.sites["weights__fc1__weight"]
         fam.log_sigma2.fill_(math.log(0.04))
-        q = guide.posterior("net.fc1.weight")
+        q = guide.posterior("weights.fc1.weight")
         draws = torch.stack([pyro.poutine.trace(guide).get_trace()
-                             .nodes["net.fc1.weight"]["value"] for _ in range(400)])
+                             .nodes["weights.fc1.weight"]["value"] for _ in range(400)])
     assert not torch.equal(draws[0], draws[1])
     assert torch.allclose(draws.mean(0), q.loc, atol=0.05)
     assert torch.allclose(draws.std(0).mean(), torch.tensor(0.2), rtol=0.05)
@@ -332,7 +332,7 @@ def test_init_to_sample_and_prior_predictive_run_with_the_improper_prior(data):
     model, _ = _build("svd", data)
     prior = Predictive(model, num_samples=3)(data.x_test[:4])
     assert prior["obs"].shape == (3, 4)
-    assert torch.equal(prior["net.fc1.weight"], torch.zeros_like(prior["net.fc1.weight"]))  # documented: zeros
+    assert torch.equal(prior["weights.fc1.weight"], torch.zeros_like(prior["weights.fc1.weight"]))  # documented: zeros
     guide = AutoNormal(model, init_loc_fn=init_to_sample)
     loss = TraceMeanField_ELBO().loss(model, guide, data.x_train[:10], data.y_train[:10])
     assert math.isfinite(loss)
@@ -346,5 +346,5 @@ def test_stock_elbo_trains_bb_without_warnings(data):
         warnings.simplefilter("always")
         for i in _batches(data, 400):
             svi.step(data.x_train[i], data.y_train[i])
-    assert guide.posterior("net.fc1_units.pi").mean.min() < 1e-6  # the saturated regime was reached
+    assert guide.posterior("units.fc1_units.pi").mean.min() < 1e-6  # the saturated regime was reached
     assert [str(w.message) for w in caught] == []

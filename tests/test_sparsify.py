@@ -22,7 +22,7 @@ from torch import nn
 from pyro_sparse import compact, load_compact, save_compact, sparsify
 from pyro_sparse.errors import InvalidInputError, UnsupportedModelError
 from pyro_sparse.infer import SparseELBO
-from pyro_sparse.metrics import compare, network_cost
+from pyro_sparse.metrics import network_cost, summarize
 
 METHODS = ("svd", "sbp", "bb", "dbb")
 
@@ -128,7 +128,7 @@ def test_zoo(arch, method, tmp_path):
     assert torch.allclose(small(x), expected, rtol=1e-3, atol=1e-4 * max(1.0, float(expected.abs().max())))
     # really smaller
     full = ZOO[arch]().eval()
-    report = compare(full, small, x[:2])
+    report = summarize(small, full, x[:2])
     assert report["flops_speedup"] > 1.05
     info = small.pyro_sparse_compact
     if method == "svd":

@@ -67,7 +67,7 @@ def test_cli_train_evaluate_digits(tmp_path, capsys):
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["test_error"] == pytest.approx(metrics["test_error"])
     data = load_dataset("digits")
-    assert classification_error(pyro_sparse.load_compressed(out), data.x_test, data.y_test) == pytest.approx(
+    assert classification_error(pyro_sparse.load_compact(out), data.x_test, data.y_test) == pytest.approx(
         metrics["test_error"])
 
 
@@ -133,7 +133,7 @@ def test_cli_kl_scale_is_recorded_and_its_command_reparses(tmp_path, capsys):
         (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1"],
          "--kl-scale expects LAYER=S"),
         (["--method", "sbp", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "conv1=40"],
-         "layer 'conv1' has no latent site; latent sites: net.fc1_units.theta"),
+         "layer 'conv1' has no latent site; latent sites: units.fc1_units.theta"),
         (["--method", "dense", "--arch", "logreg", "--dataset", "digits", "--kl-scale", "fc1=2"],
          "latent sites: none"),
         (["--method", "svd", "--arch", "logreg", "--dataset", "digits", "--val-size", "0"],
@@ -271,9 +271,9 @@ def test_fit_reports_validation_error_and_trains_without_it(tmp_path):
     assert model.num_data == 300  # the ELBO's N counts the examples trained on
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all("val_error" in r for r in log)
-    from pyro_sparse.compress import load_compressed
+    from pyro_sparse.compact import load_compact
 
-    compact = load_compressed(tmp_path)
+    compact = load_compact(tmp_path)
     assert metrics["val_size"] == 100
     assert metrics["val_error"] == pytest.approx(classification_error(compact, data.x_val, data.y_val))
     assert log[-1]["val_error"] == pytest.approx(metrics["val_error"])

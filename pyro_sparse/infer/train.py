@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..compress import compress, save_compressed
+from ..compact import compact, full_network, save_compact
 from ..data import Dataset
 from ..errors import CheckpointError, DivergenceError, InvalidInputError
-from ..metrics import classification_error, latency_report, summarize
+from ..metrics import classification_error, network_cost, summarize
 from ..nn import set_train_clip
 from ..poutine import check_kl_scale, kl_scale, resolve_kl_scale
 from ..runfiles import (
@@ -295,7 +295,8 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
         tot_loss, tot_nll, wrong = float(tot_loss), float(tot_nll), int(wrong)
         train_seconds += time.perf_counter() - t0
-        compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
+        small = compact(model, guide, weight_threshold=cfg.weight_threshold, unit_threshold=cfg.unit_threshold)
+        cost = network_cost(small, example_input(model))
         record = {
             "epoch": epoch + 1,
             "loss": tot_loss / steps,
@@ -304,10 +305,10 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             "kl_weight": elbo.kl_weight,
             "lr": opt.param_groups[0]["lr"],
             "train_error": 100.0 * wrong / n,
-            "test_error": classification_error(compact, data.x_test, data.y_test),
-            **({} if data.x_val is None else {"val_error": classification_error(compact, data.x_val, data.y_val)}),
-            "units": compact.units,
-            "nonzero_weights": sum(int(m.weight.ne(0).sum()) for m in compact if hasattr(m, "weight")),
+            "test_error": classification_error(small, data.x_test, data.y_test),
+            **({} if data.x_val is None else {"val_error": classification_error(small, data.x_val, data.y_val)}),
+            "units": [int(u) for u in cost["units"]],
+            "nonzero_weights": sum(nz for _, nz in cost["layers"]),
             "train_seconds": train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
         }
@@ -317,7 +318,7 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
                 f"train err {record['train_error']:.2f}%  "
                 + ("" if data.x_val is None else f"val err {record['val_error']:.2f}%  ")
                 + f"test err {record['test_error']:.2f}%  "
-                f"units {'-'.join(map(str, compact.units))}"
+                f"units {'-'.join(map(str, record['units']))}"
             )
         if run_dir is not None:  # the log line first: a kill before the checkpoint drops it and redoes the epoch
             append_line(run_dir / LOG, record)
@@ -331,6 +332,15 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
         if callback is not None:
             callback(record)
     return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
+
+
+def example_input(model) -> torch.Tensor:
+    """The model's example batch (:func:`pyro_sparse.sparsify`), or two zero inputs on its device."""
+    x = getattr(model, "example_input", None)
+    if x is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x = torch.zeros(2, *model.input_shape, device=device)
+    return x
 
 
 def _check_finite(first_bad: torch.Tensor, bad_loss: torch.Tensor, epoch: int, run_dir: Path | None,
@@ -349,24 +359,24 @@ def _diverged(run_dir: Path | None, last_good: int, what: str):
 
 def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, train_seconds: float,
              meta: dict | None = None, last: dict | None = None) -> dict:
-    """Compress, measure (one metrics function) and write ``metrics.json`` + the compact network to ``run_dir``.
+    """Compact, measure (one metrics function) and write ``metrics.json`` + the compact network to ``run_dir``.
 
     ``last``: the last epoch's log record (its ``nll``, ``kl`` and ``train_error`` go into ``metrics.json``).
     """
-    compact = compress(model, guide, cfg.weight_threshold, cfg.unit_threshold)
-    full = compress(model, guide, keep_all=True)
+    small = compact(model, guide, weight_threshold=cfg.weight_threshold, unit_threshold=cfg.unit_threshold)
+    full = full_network(model)
     metrics = {**(meta or {}), "epochs": cfg.epochs, "seed": cfg.seed}
-    metrics.update(summarize(compact, full, data.x_test, data.y_test))
     if data.x_val is not None:
-        metrics["val_error"] = classification_error(compact, data.x_val, data.y_val)
+        metrics["val_error"] = classification_error(small, data.x_val, data.y_val)
         metrics["val_size"] = int(data.x_val.shape[0])
+    # the latency measurement (CPU, batch 1 and 1000) comes last inside summarize: it moves both networks to the CPU
+    metrics.update(summarize(small, full, example_input(model), data.x_test, data.y_test,
+                             latency_batches=(1, 1000) if cfg.measure_latency else ()))
     metrics["train_seconds"] = train_seconds
     metrics["seconds_per_epoch"] = train_seconds / max(1, cfg.epochs)
     if last:
         metrics.update({k: last[k] for k in ("nll", "kl", "train_error") if k in last})
-    if cfg.measure_latency:
-        metrics.update(latency_report(compact, full))
     if run_dir is not None:
-        save_compressed(compact, run_dir)
+        save_compact(small, run_dir)
         atomic_write_json(metrics, run_dir / METRICS)
     return metrics

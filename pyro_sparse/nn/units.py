@@ -3,8 +3,8 @@
 A unit module multiplies feature ``k`` (dim 1 of its input: a neuron of a dense layer's input, or a conv output
 channel) by a positive latent ``θ_k`` (SBP) or a relaxed Bernoulli gate ``z_k`` with keep probability ``π_k`` (BB).
 The latent has a prior declared with ``PyroSample``; per-example draws come from
-:func:`pyro_sparse.poutine.local_sample`. At test time the module is replaced, by :func:`pyro_sparse.compress`, by
-its posterior summary (``keep`` mask and multiplier) folded into the next weight layer.
+:func:`pyro_sparse.poutine.local_sample`. At test time :func:`pyro_sparse.compact` folds
+its posterior summary (``keep`` mask and multiplier) into the layer it acts on and removes the pruned units.
 """
 
 from __future__ import annotations
@@ -132,12 +132,16 @@ class BBGate(UnitModule):
 
 
 class Standardize(nn.Module):
-    """``(x − mean) / std`` with scalar buffers; lets networks take inputs exactly as ``ToTensor()`` gives them."""
+    """``(x − mean) / std``; scalars, or one value per channel (dim 1 of ``[B, C, H, W]`` images). Lets networks
+    take inputs as ``ToTensor()`` gives them."""
 
-    def __init__(self, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, mean=0.0, std=1.0):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean_t.dim() == 1:
+            mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
+        self.register_buffer("mean", mean_t.clone())
+        self.register_buffer("std", std_t.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -8,9 +8,10 @@ from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model
 from torch import nn
 
-from pyro_sparse.compress import compress, load_compressed, save_compressed
-from pyro_sparse.metrics import count_flops, memory_count, summarize
-from pyro_sparse.nn import SVDConv2d, SVDLinear, UnitModule
+from pyro_sparse.compact import compact, full_network, load_compact, save_compact
+from pyro_sparse.distributions import log_alpha
+from pyro_sparse.metrics import network_cost, summarize
+from pyro_sparse.nn import SVDLinear
 
 
 def test_svd_pruning_rule_threshold():
@@ -22,58 +23,70 @@ def test_svd_pruning_rule_threshold():
     assert w.tolist() == [[1.0, 0.0], [1.0, 0.0]]
 
 
-def test_flops_lenet5_by_hand():
-    model = build_model("lenet5", "dense", (1, 28, 28), 10)
-    full = compress(model, keep_all=True)
+def test_flops_and_memory_lenet5_by_hand():
+    full = full_network(build_model("lenet5", "dense", (1, 28, 28), 10))
     conv1 = 20 * 24 * 24 * (2 * 25 * 1 - 1) + 20 * 24 * 24  # + bias
     relu1, pool1 = 20 * 24 * 24, 4 * 20 * 12 * 12
     conv2 = 50 * 8 * 8 * (2 * 25 * 20 - 1) + 50 * 8 * 8
     relu2, pool2 = 50 * 8 * 8, 4 * 50 * 4 * 4
     fc1, relu3, fc2 = (2 * 800 - 1) * 500 + 500, 500, (2 * 500 - 1) * 10 + 10
-    assert count_flops(full, (1, 28, 28)) == conv1 + relu1 + pool1 + conv2 + relu2 + pool2 + fc1 + relu3 + fc2
+    cost = network_cost(full, torch.zeros(2, 1, 28, 28))
+    assert cost["flops"] == conv1 + relu1 + pool1 + conv2 + relu2 + pool2 + fc1 + relu3 + fc2
     params = 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 500 * 10 + 10
-    assert memory_count(full, (1, 28, 28)) == params + 20 * 24 * 24 + 50 * 8 * 8
+    assert cost["memory"] == params + 20 * 24 * 24 + 50 * 8 * 8
+    assert cost["units"] == [20, 50, 800, 500]
 
 
 def test_flops_lenet500_matches_paper_convention():
     """BB paper Table 2: LeNet-500-300 BB 294-110-71 → 13.26× FLOPs, 7.52% memory."""
-    model = build_model("lenet500", "dense", (1, 28, 28), 10)
-    full = compress(model, keep_all=True)
-    small = nn.Sequential(nn.Flatten(), nn.Linear(294, 110), nn.ReLU(), nn.Linear(110, 71), nn.ReLU(),
-                          nn.Linear(71, 10))
-    ratio = count_flops(full, (1, 28, 28)) / count_flops(small, (1, 28, 28)[0:0] or (294,))
-    assert ratio == pytest.approx(13.26, rel=0.01)
-    assert memory_count(small, (294,)) / memory_count(full, (1, 28, 28)) == pytest.approx(0.0752, abs=5e-4)
+    full = full_network(build_model("lenet500", "dense", (1, 28, 28), 10))
+    small = nn.Sequential(nn.Linear(294, 110), nn.ReLU(), nn.Linear(110, 71), nn.ReLU(), nn.Linear(71, 10))
+    c, f = network_cost(small, torch.zeros(2, 294)), network_cost(full, torch.zeros(2, 1, 28, 28))
+    assert f["flops"] / c["flops"] == pytest.approx(13.26, rel=0.01)
+    assert c["memory"] / f["memory"] == pytest.approx(0.0752, abs=5e-4)
 
 
 def test_compression_arithmetic():
     model = build_model("logreg", "svd", (4,), 3)
     guide = MeanFieldGuide(model)
     with torch.no_grad():
-        fam = guide.sites["net__fc1__weight"]
+        fam = guide.sites["weights__fc1__weight"]
         fam.loc.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 2.0]]))
         fam.log_sigma2.fill_(-10.0)
-    compact = compress(model, guide)
-    m = summarize(compact, compress(model, guide, keep_all=True))
+    small = compact(model, guide)
+    m = summarize(small, full_network(model), torch.zeros(2, 4))
     assert m["n_weights"] == 12 and m["n_nonzero"] == 3
     assert m["compression"] == pytest.approx(4.0)
     assert m["layer_sparsity"] == [pytest.approx(0.75)]
-    assert m["units"] == [3]  # input 2 has no outgoing weight left
+    assert m["units"] == [3]  # input 2 has no outgoing weight left: the compact fc1 selects 3 of 4 inputs
+    assert small.fc1[1].in_features == 3
 
 
+@torch.no_grad()
 def _reference_forward(model, guide, x, weight_threshold=3.0):
-    """Masked full network at test time: mean weights with pruned ones zeroed, unit modules as keep·multiplier."""
-    from pyro_sparse.guides import latent_sites
+    """Masked full network at test time, written out: mean weights with pruned ones zeroed; unit latents as
+    keep·multiplier on conv outputs and on dense-layer inputs (METHODS.md §2, §3 placement)."""
+    def units(name):
+        key = f"{name}_units"
+        if key not in model.units:
+            return None
+        unit = model.units[key]
+        keep, mult = unit.keep(guide.posterior(f"units.{key}.{unit.latent_site}"))
+        return keep * mult
 
-    names = {id(m): n for n, m, _, _ in latent_sites(model)}
-    for m in model.net.children():
-        if isinstance(m, (SVDLinear, SVDConv2d)):
-            w, _ = m.weight_mask(guide.posterior(names[id(m)]), weight_threshold)
-            x = F.linear(x, w, m.bias) if isinstance(m, SVDLinear) else F.conv2d(x, w, m.bias)
-        elif isinstance(m, UnitModule):
-            keep, mult = m.keep(guide.posterior(names[id(m)]))
-            v = (keep * mult).view(1, -1, *([1] * (x.dim() - 2)))
-            x = x * v
+    for name, m in model.net.named_children():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight
+            if name in model.weight_layers.values():
+                q = guide.posterior(f"weights.{name}.weight")
+                w = torch.where(log_alpha(q.loc, q.scale) < weight_threshold, q.loc, 0 * q.loc)
+            if isinstance(m, nn.Linear):
+                v = units(name)
+                x = F.linear(x if v is None else x * v, w, m.bias)
+            else:
+                x = F.conv2d(x, w, m.bias)
+                v = units(name)
+                x = x if v is None else x * v.view(1, -1, 1, 1)
         else:
             x = m(x)
     return x
@@ -101,24 +114,24 @@ def test_compact_equals_masked_full_network(arch, method, tmp_path):
                     p.copy_(torch.randn_like(p) * 3)
                 elif name == "b_uc":
                     p.copy_(torch.randn_like(p) * 3 + 2)
-    compact = compress(model, guide)
-    full_units = compress(model, guide, keep_all=True).units
-    assert any(u < f for u, f in zip(compact.units, full_units, strict=True)), "test posterior pruned nothing"
+    small = compact(model, guide)
+    m = summarize(small, full_network(model), torch.zeros(2, 1, 28, 28))
+    assert any(u < f for u, f in zip(m["units"], m["units_full"], strict=True)), "test posterior pruned nothing"
     x = torch.rand(7, 1, 28, 28)
     with torch.no_grad():
         ref = _reference_forward(model, guide, x)
-        out = compact(x)
+        out = small(x)
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
-    save_compressed(compact, tmp_path)
-    loaded = load_compressed(tmp_path)
+    save_compact(small, tmp_path)
+    loaded = load_compact(tmp_path)
     assert torch.equal(loaded(x), out)
-    assert loaded.units == compact.units
+    assert loaded.pyro_sparse_compact == small.pyro_sparse_compact
 
 
-def test_load_compressed_errors(tmp_path):
+def test_load_compact_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="compact"):
-        load_compressed(tmp_path)
+        load_compact(tmp_path)
     (tmp_path / "compact.json").write_text("{not json")
     (tmp_path / "compact.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot load"):
-        load_compressed(tmp_path)
+        load_compact(tmp_path)
