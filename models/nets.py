@@ -22,10 +22,9 @@ network saved by :func:`pyro_sparse.save_compact` loads again by replaying its p
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-
-import importlib
 
 import torch
 from torch import nn

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pyro.nn import PyroModule, PyroSample
+from pyro.nn import PyroModule
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
@@ -61,7 +61,7 @@ from pyro_sparse.models.architectures import Classifier
 from .distributions import LogUniform, log_alpha
 from .errors import InvalidInputError, UnsupportedModelError
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
-from .nn.svd import _SVDMixin
+from .nn.svd import WeightSite
 from .nn.units import _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
 
@@ -147,17 +147,6 @@ def matches(selector: Selector | None, name: str, module: nn.Module) -> bool:
 def key_of(path: str) -> str:
     """Module path → the key of its latent container (``layer1.0.conv1`` → ``layer1__0__conv1``)."""
     return path.replace(".", "__")
-
-
-class WeightSite(PyroModule, _SVDMixin):
-    """The latent weight of one layer: ``weight`` (a ``PyroSample`` with the method's prior) and ``weight_init``
-    (the layer's weight when sparsified: the guide's initial θ). ``train_clip``: see
-    :func:`pyro_sparse.nn.set_train_clip`."""
-
-    def __init__(self, weight: torch.Tensor, prior: Callable):
-        super().__init__()
-        self.register_buffer("weight_init", weight.detach().clone(), persistent=False)
-        self.weight = PyroSample(prior(weight.shape))
 
 
 @dataclass

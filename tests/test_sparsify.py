@@ -263,3 +263,26 @@ def test_flops_conventions():
         flops += 4 * c_in * h * h
     flops += 1023 * 512 + 512 + 2 * 512 + 512 + 1023 * 10 + 10
     assert network_cost(nets.build("vgg_like", (3, 32, 32), 10), torch.zeros(2, 3, 32, 32))["flops"] == flops
+
+
+def test_compact_refuses_a_network_it_would_change():
+    """A raw conv output that bypasses the BatchNorm where the gate acts: removing a gated channel would change
+    the function, so compact raises instead of returning a different network."""
+
+    class Leak(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc((torch.relu(self.bn(h)) + h).mean((2, 3)))
+
+    from pyro_sparse.errors import CompactMismatchError
+
+    x = torch.rand(4, 3, 8, 8)
+    model = sparsify(Leak(), "bb", x, exclude=nn.Linear)  # only the conv's gate: after the BatchNorm
+    guide = MeanFieldGuide(model)
+    force_prune(guide)
+    with pytest.raises(CompactMismatchError, match="differs from the eval-mode model"):
+        compact(model, guide, probe=x)

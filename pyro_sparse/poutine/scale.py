@@ -10,8 +10,8 @@ Source: the beta-Bernoulli dropout authors' code (``ICLR2020anonymous/bbdrop``, 
 the paper does not mention it. It is off unless asked for.
 
 Layer names: a key matches a latent site whose dotted name has the key, or ``<key>_units`` (the unit module after
-layer ``<key>``), as one component: ``conv1`` matches ``units.conv1_units.theta`` and ``units.conv1_units.pi``; dots in a
-key stand for ``__`` (``layer1.0.conv1`` matches ``units.layer1__0__conv1_units.pi``).
+layer ``<key>``), as one component: ``conv1`` matches ``units.conv1_units.theta`` and ``units.conv1_units.pi``;
+dots in a key stand for ``__`` (``layer1.0.conv1`` matches ``units.layer1__0__conv1_units.pi``).
 """
 
 from __future__ import annotations
