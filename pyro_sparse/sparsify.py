@@ -453,7 +453,9 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
             identity = size == k and idx == list(range(k)) and ridx == list(range(k))
             places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
                                     None if identity else torch.tensor(ridx)))
-        key = f"{key_of(root)}_units"
+        # named after the producer that runs first (the stem of a residual stream, not its last block)
+        first_producer = min((names[it.dep.target.module] for it in producers), key=lambda n: order.get(n, math.inf))
+        key = f"{key_of(first_producer)}_units"
         info.unit = key
         first = min(order.get(p.module, math.inf) for p in places)
         units.append((first, key, k, places))
