@@ -34,7 +34,7 @@ def sample_shape() -> tuple[int, ...]:
 class Classifier(PyroModule):
     """Pyro model ``p(y | x) = Categorical(logits = net(x))`` over a data plate of size ``num_data`` (dim −1).
 
-    :param net: the network (see :func:`build_net`).
+    :param net: the network (any ``nn.Module``; :mod:`pyro_sparse.models.nets` has the papers').
     :param input_shape: one example's shape; inputs are checked against it.
     :param num_data: N, the training-set size; the minibatch log-likelihood is scaled by N/B.
 
