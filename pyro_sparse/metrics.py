@@ -29,8 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
 
 @torch.inference_mode()
 def classification_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:

@@ -47,7 +47,7 @@ import fnmatch
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from pyro.nn import PyroModule
@@ -169,7 +169,6 @@ class ChannelGroup:
     root: str
     size: int
     unit: str | None = None
-    members: list[str] = field(default_factory=list)
 
 
 def _output_layers(net: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
@@ -418,8 +417,7 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
     units: list[tuple[int, str, int, list[Placement]]] = []  # (first call, key, K, placements)
     for root, group in channel_groups(net, dg, outputs):
         k = len(group.items[0].idxs)
-        members = sorted({names[it.dep.target.module] for it in group.items if it.dep.target.module in names})
-        info = ChannelGroup(root, k, None, members)
+        info = ChannelGroup(root, k)
         model.groups.append(info)
         producers = [it for it in group.items if _is_out(it.dep.handler) and it.dep.target.module in names
                      and isinstance(it.dep.target.module, (nn.Conv1d, nn.Conv2d))]
