@@ -43,7 +43,12 @@ class Classifier(PyroModule):
     those sample dims; the network then runs once on ``S = prod(sample_shape)`` copies of the batch, sample ``s`` on
     copy ``s`` (:mod:`pyro_sparse.poutine.local`), and ``y`` is observed under every sample.
     :raises ValueError: inputs of another shape than ``input_shape``.
+
+    ``autocast_dtype`` (default None): run :meth:`network` under ``torch.autocast`` with this dtype (the training
+    engine sets ``torch.bfloat16`` for ``TrainConfig(bf16=True)`` while it trains); the logits come back float32.
     """
+
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, net: nn.Module, input_shape: tuple[int, ...], num_data: int | None = None):
         super().__init__()
@@ -58,7 +63,12 @@ class Classifier(PyroModule):
         samples = sample_shape()
         if samples:  # S copies of the batch, one per sample of the latents
             x = x.expand(math.prod(samples), *x.shape).reshape(-1, *x.shape[1:])
-        logits = self.network(x)
+        if self.autocast_dtype is None:
+            logits = self.network(x)
+        else:  # the network's convolutions and matrix products in low precision; the likelihood in float32
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                logits = self.network(x)
+            logits = logits.float()
         if samples:
             logits = logits.reshape(*samples, batch, logits.shape[-1])
         with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device), dim=-1):

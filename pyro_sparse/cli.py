@@ -29,7 +29,9 @@ DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnis
 
 
 #: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)
-RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every")
+#: (``--devices``: a resume on another number of processes continues the run, but its noise differs from an
+#: uninterrupted run's)
+RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every", "devices", "compile")
 EPILOG = """environment:
   PYRO_SPARSE_DATA   folder holding MNIST/ and FashionMNIST/ (torchvision layout) when --data-root is not given
                      (default ./data); the folder used is recorded in RUN_DIR/config.json
@@ -116,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out with its recorded options (an option given with "
                    "another value than recorded is refused)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel on N processes (torchrun's launcher; gloo on cpu, nccl with one GPU each on "
+                        "cuda); --batch-size is the global batch. Or start `torchrun --nproc-per-node N -m "
+                        "pyro_sparse.cli train ...` yourself")
+    t.add_argument("--augment", choices=("crop-flip",), default=None,
+                   help="on-device augmentation of image batches: random 4-pixel crops and horizontal flips")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network's forward pass")
+    t.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.add_argument("--progress-every", type=int, default=20, metavar="K",
@@ -161,6 +171,8 @@ def _train_config(a, epochs: int):
         device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
         measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
         kl_scale=_parse_kl_scale(a.kl_scale), progress_every=a.progress_every,
+        augment=getattr(a, "augment", None), bf16=bool(getattr(a, "bf16", False)),
+        compile=bool(getattr(a, "compile", False)),
     )
 
 
@@ -223,7 +235,8 @@ def _recorded_args(a, saved: dict, given: set[str]):
             shown = was if was is not None else saved["config"].get(dest, "default")  # None: the method's default
             _fail(f"--resume: {flag} {now!r} contradicts the recorded {shown!r} of the run in {a.out}; drop {flag} "
                   "to continue the recorded run, or start a new --out")
-    merged = {**recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
+    # options added after the run was recorded keep their values from the command line (defaults or given)
+    merged = {**vars(a), **recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
     return argparse.Namespace(**merged)
 
 
@@ -249,6 +262,41 @@ def _validate_train_args(a) -> None:
     if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
         _fail("--init-from names the --out directory itself; expected another, finished run")
     _check_device(a.device)
+    _check_devices(a)
+
+
+def _check_devices(a) -> None:
+    import torch
+
+    from .infer.distributed import launched_size
+
+    n = getattr(a, "devices", 1)
+    if n is None or n < 1:
+        _fail(f"--devices must be a positive number of processes, got {n}")
+    world = launched_size()
+    if world > 1 and n > 1 and n != world:
+        _fail(f"--devices {n} contradicts the {world} processes torchrun started; drop --devices or make them equal")
+    if n > 1 and a.batch_size < n:
+        _fail(f"--batch-size {a.batch_size} is the global batch and must be at least --devices {n}")
+    if n > 1 and torch.device(a.device).type == "cuda" and torch.cuda.device_count() < n:
+        _fail(f"--devices {n} needs {n} CUDA devices, torch sees {torch.cuda.device_count()}")
+
+
+def _launch(n: int, argv: list[str]) -> int:
+    """Run this same ``train`` command on ``n`` processes with torchrun's launcher (standalone, this machine)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={n}", "--module", "pyro_sparse.cli", *argv])
+    try:
+        run(args)
+    except ChildFailedError as e:  # the failing worker has printed its one line already
+        first = min(e.failures.items())[1]
+        print(f"pyro-sparse: error: process {first.local_rank} of {n} failed with exit status {first.exitcode}",
+              file=sys.stderr)
+        return first.exitcode if first.exitcode > 0 else 1
+    return 0
 
 
 def _init_from(a, model, data) -> dict:
@@ -302,20 +350,25 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
     from .data import load_dataset, resolve_root, split_validation, subset
     from .guides import MeanFieldGuide
     from .infer import fit
+    from .infer.distributed import launched_size
     from .models import build_model
     from .poutine import resolve_kl_scale
     from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
 
+    if getattr(a, "devices", 1) > 1 and launched_size() == 1:  # start the processes, each runs this command
+        _validate_train_args(a)
+        return _launch(a.devices, argv)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 checks and writes RUN_DIR; the others only read it
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
+    if main_rank and out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; expected a run directory (a new or existing folder)")
     if a.resume:
-        if not (out / CONFIG).is_file():
+        if main_rank and not (out / CONFIG).is_file():
             raise RunDirError(f"--resume: {out} holds no run (config.json missing); start it without --resume")
         a = _recorded_args(a, read_config(out), _given(parser, argv))
-        if (out / METRICS).is_file():
+        if main_rank and (out / METRICS).is_file():
             raise RunDirError(f"--resume: the run in {out} has already finished (metrics.json exists)")
-    elif not is_fresh(out):
+    elif main_rank and not is_fresh(out):
         raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
     _validate_train_args(a)
@@ -351,6 +404,9 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
         resolve_kl_scale(guide.site_names, cfg.kl_scale)
     except ValueError as e:
         _fail(f"--kl-scale: {e}")
+    if not main_rank:  # fit() reads the checkpoint on --resume, writes nothing, returns rank 0's metrics
+        fit(model, guide, data, cfg, out, resume=a.resume, progress=False, meta={})
+        return 0
     with RunLock(out) as lock:  # one writer from here on
         if lock.stale_pid is not None:
             print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "

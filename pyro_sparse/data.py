@@ -197,3 +197,34 @@ def split_validation(ds: Dataset, n_val: int, seed: int = VAL_SPLIT_SEED) -> Dat
     val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
     return replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train], x_val=ds.x_train[val],
                    y_val=ds.y_train[val])
+
+
+#: on-device augmentations of :func:`augment` (TrainConfig ``augment``, CLI ``--augment``)
+AUGMENTATIONS = ("crop-flip",)
+
+
+def augment(x: torch.Tensor, kind: str, padding: int = 4) -> torch.Tensor:
+    """A randomly augmented copy of the image batch ``x [B, C, H, W]``, made on ``x``'s device with the global torch
+    generator (no host round trip, no device read).
+
+    ``crop-flip``: the standard CIFAR-10 augmentation of the papers' VGG-like / ResNet training (He et al. 2016,
+    Sec. 4.2): each image zero-padded by ``padding`` pixels on every side, a random ``H×W`` crop of it, and a
+    horizontal flip with probability 1/2, drawn independently per image.
+
+    :raises InvalidInputError: ``kind`` not in :data:`AUGMENTATIONS`, or ``x`` not a 4-d image batch.
+    """
+    if kind not in AUGMENTATIONS:
+        raise InvalidInputError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {kind!r}")
+    if x.dim() != 4:
+        raise InvalidInputError(f"augmentation {kind!r} needs image batches [B, C, H, W], got shape {list(x.shape)}")
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    flip = torch.rand(b, 1, device=x.device) < 0.5
+    cols = torch.arange(w, device=x.device)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx  # a flipped crop reads its columns right to left
+    rows = torch.arange(h, device=x.device) + dy
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]

@@ -21,10 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pyro import poutine as pyro_poutine
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..compact import compact, full_network, save_compact
-from ..data import Dataset
+from ..data import AUGMENTATIONS, Dataset, augment
 from ..errors import CheckpointError, DivergenceError, InvalidInputError
 from ..metrics import classification_error, network_cost, summarize
 from ..nn import set_train_clip
@@ -41,12 +44,13 @@ from ..runfiles import (
 )
 from ..runfiles import recover as recover_run_dir
 from ..settings import module_local_params, prepare_module_local
+from . import distributed
 from .elbo import SparseELBO
 
 SCHEDULES = ("constant", "linear", "step")
 #: seeds must fit ``pyro.set_rng_seed`` (NumPy's 32-bit seeds)
 MAX_SEED = 2**32 - 1
-__all__ = ["CHECKPOINT", "LOG", "METRICS", "CheckpointError", "TrainConfig", "fit", "load_checkpoint",
+__all__ = ["CHECKPOINT", "LOG", "METRICS", "CheckpointError", "Objective", "TrainConfig", "fit", "load_checkpoint",
            "make_optimizer"]
 
 
@@ -72,6 +76,17 @@ class TrainConfig:
     :ivar progress_every: steps between progress-bar updates, each one host read of the epoch's running totals (and
         of the divergence check); the totals are read once more at the end of the epoch. Steps themselves read
         nothing back to the host.
+    :ivar augment: ``None`` (default) or ``"crop-flip"``: random 4-pixel crops and horizontal flips of every training
+        batch, made on the device (:func:`pyro_sparse.data.augment`); image data only.
+    :ivar bf16: run the network's forward pass under ``torch.autocast`` with bfloat16 (the convolutions and matrix
+        products; logits, likelihood, KL and the distributions stay float32/float64). Off by default: it changes
+        results.
+    :ivar compile: ``torch.compile`` the user's network (``nn.Module.compile``: parameter names and checkpoints
+        unchanged) for training. Off by default; the first step then compiles (a minute on a CPU).
+
+    Data-parallel training needs no field here: launched by ``torchrun`` (or ``pyro-sparse train --devices N``),
+    :func:`fit` splits each global batch of ``batch_size`` examples over the processes
+    (:mod:`pyro_sparse.infer.distributed`).
     """
 
     epochs: int = 200
@@ -91,6 +106,9 @@ class TrainConfig:
     train_clip_from: int | None = None
     kl_scale: dict[str, float] = field(default_factory=dict)
     progress_every: int = 20
+    augment: str | None = None
+    bf16: bool = False
+    compile: bool = False
 
     def validate(self, flag_prefix: str = "") -> None:
         """Check every field: finite, in range, consistent with the others.
@@ -139,6 +157,11 @@ class TrainConfig:
                 isinstance(self.train_clip_from, bool) or not isinstance(self.train_clip_from, int)
                 or not 0 <= self.train_clip_from < self.epochs):
             bad("train_clip_from", self.train_clip_from, f"an epoch in 0 … {self.epochs - 1} (0-based, < epochs)")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            bad("augment", self.augment, f"one of {', '.join(AUGMENTATIONS)} or None")
+        for name in ("bf16", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, getattr(self, name), "True or False")
         if not isinstance(self.kl_scale, dict):
             bad("kl_scale", self.kl_scale, "a {layer: scale} mapping")
         try:
@@ -178,6 +201,38 @@ def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam([g for g in groups if g["params"]])
 
 
+class Objective(nn.Module):
+    """``−ELBO`` of a minibatch as a module, ``forward(x, y, weight=1.0) -> 0-d loss``, so that
+    :class:`~torch.nn.parallel.DistributedDataParallel` can wrap model and guide together (Pyro's ``ELBOModule``,
+    with the guide possibly wrapped in :func:`~pyro_sparse.poutine.kl_scale`). ``weight`` multiplies the likelihood
+    (a rank's share of an uneven global batch, :func:`pyro_sparse.infer.distributed.shard`)."""
+
+    def __init__(self, model, guide, elbo: SparseELBO, guide_fn=None):
+        super().__init__()
+        self.model, self.guide, self.elbo = model, guide, elbo
+        object.__setattr__(self, "guide_fn", guide_fn or guide)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        model = self.model if weight == 1.0 else pyro_poutine.scale(self.model, weight)
+        return self.elbo.differentiable_loss(model, self.guide_fn, x, y)
+
+
+@contextlib.contextmanager
+def _training_switches(model, cfg: TrainConfig):
+    """bf16 autocast of the network's forward and ``torch.compile`` of the network, for the training loop only."""
+    before = model.autocast_dtype
+    model.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    compiled = cfg.compile and not getattr(model.net, "_compiled_call_impl", None)
+    if compiled:
+        model.net.compile()
+    try:
+        yield
+    finally:
+        model.autocast_dtype = before
+        if compiled:
+            model.net._compiled_call_impl = None  # back to eager: compact() and evaluation deep-copy the net
+
+
 @module_local_params()
 def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLike | None = None,
         resume: bool = False, progress: bool = True, meta: dict | None = None, callback=None) -> dict:
@@ -185,6 +240,12 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
 
     Each epoch's record (``log.jsonl``) holds the test error of the compact network, and its validation error
     (``val_error``, percent) when ``data`` has a validation split (:func:`pyro_sparse.data.split_validation`).
+
+    Data-parallel: in processes started by ``torchrun`` (``WORLD_SIZE`` > 1) or inside a caller's initialised
+    ``torch.distributed`` process group, every process calls ``fit`` with the same arguments; each global batch of
+    ``cfg.batch_size`` examples is split across the ranks, gradients are averaged by DDP (the N/B scaling stays that
+    of the global batch), each rank draws its own noise, and rank 0 alone writes ``run_dir``, compacts and measures
+    (and calls ``callback``); every rank returns rank 0's metrics. :mod:`pyro_sparse.infer.distributed`.
 
     :param run_dir: where ``log.jsonl``, ``checkpoint.pt``, the compact network and ``metrics.json`` go (None: keep
         nothing on disk). Held with :class:`~pyro_sparse.runfiles.RunLock` (one writer) while training.
@@ -204,14 +265,25 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     """
     cfg.validate()
     run_dir = Path(run_dir) if run_dir is not None else None
-    with RunLock(run_dir) if run_dir is not None else contextlib.nullcontext(), warnings.catch_warnings():
-        # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
-        warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
-        return _fit(model, guide, data, cfg, run_dir, resume, progress, meta, callback)
+    if cfg.augment is not None and data.x_train.dim() != 4:
+        raise InvalidInputError(f"augment {cfg.augment!r} needs image data [N, C, H, W]; {data.name} has inputs "
+                                f"{list(data.input_shape)}")
+    world = distributed.join(cfg.device)
+    try:
+        if world.size > 1 and cfg.batch_size < world.size:
+            raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {world.size} processes; "
+                                    "expected at least one example per process")
+        lock = RunLock(run_dir) if run_dir is not None and world.main else contextlib.nullcontext()
+        with lock, warnings.catch_warnings(), _training_switches(model, cfg):
+            # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
+            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
+            return _fit(model, guide, data, cfg, run_dir, resume, progress and world.main, meta, callback, world)
+    finally:
+        distributed.leave(world)
 
 
 def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
-         meta: dict | None, callback) -> dict:
+         meta: dict | None, callback, world: distributed.World) -> dict:
     prepare_module_local(model, guide)
     guide_fn = guide
     if cfg.kl_scale:
@@ -221,13 +293,17 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             except ValueError as e:
                 raise InvalidInputError(str(e)) from None
         guide_fn = kl_scale(guide, cfg.kl_scale)
-    device = torch.device(cfg.device)
+    device = distributed.device_of(cfg.device, world)
     model.to(device)
     guide.to(device)
     model.num_data = data.x_train.shape[0]
     opt = make_optimizer(model, guide, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     elbo = SparseELBO()
+    objective = Objective(model, guide, elbo, guide_fn)
+    if world.size > 1:
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    writes = run_dir if world.main else None  # rank 0 alone writes the run directory
     start, train_seconds, last_good = 0, 0.0, 0
     record: dict = {}
     if resume and (run_dir / CHECKPOINT).is_file():
@@ -242,17 +318,20 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             raise CheckpointError(f"checkpoint in {run_dir} does not fit this model ({first})") from None
         start, train_seconds = ckpt["epoch"] + 1, float(ckpt.get("train_seconds", 0.0))
         last_good = start
-        kept = recover_run_dir(run_dir, ckpt["epoch"])
-        record = kept[-1] if kept and kept[-1]["epoch"] == start else {}
-    elif resume:  # killed (or diverged) before the first checkpoint: nothing was trained yet
+        if world.main:
+            kept = recover_run_dir(run_dir, ckpt["epoch"])
+            record = kept[-1] if kept and kept[-1]["epoch"] == start else {}
+    elif resume and world.main:  # killed (or diverged) before the first checkpoint: nothing was trained yet
         recover_run_dir(run_dir, -1)
     x, y = data.x_train.to(device), data.y_train.to(device)
     n = x.shape[0]
+    # every global batch has at least one example per process (a last one with fewer is left out on many processes)
+    batches = range(0, n - (n % cfg.batch_size if n % cfg.batch_size < world.size else 0), cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         seed = cfg.seed * 100003 + epoch
-        torch.manual_seed(seed)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        torch.manual_seed(seed * world.size + world.rank)  # each rank its own noise; one process: the epoch's seed
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)  # the same on every rank
         elbo.kl_weight = cfg.kl_weight(epoch)
         if cfg.train_clip_from is not None:
             set_train_clip(model, cfg.weight_threshold if epoch >= cfg.train_clip_from else None)
@@ -266,13 +345,15 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
         first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
         bad_loss = torch.zeros((), dtype=torch.float64, device=device)
         steps = 0
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress else True, mininterval=1.0)
         for i in bar:
-            idx = perm[i:i + cfg.batch_size]
+            idx, weight = distributed.shard(perm[i:i + cfg.batch_size], world)
             xb, yb = x[idx], y[idx]
+            if cfg.augment is not None:
+                xb = augment(xb, cfg.augment)
             opt.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(model, guide_fn, xb, yb)
+            loss = objective(xb, yb, weight)
             loss.backward()
             opt.step()
             steps += 1
@@ -288,6 +369,10 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
                 seen = min(n, steps * cfg.batch_size)
                 bar.set_postfix(loss=f"{float(tot_loss) / steps:.4f}", err=f"{100 * int(wrong) / seen:.2f}%")
         sched.step()
+        # the ranks' totals: loss and NLL averaged (each rank's is an estimate of the global batch's), errors summed
+        distributed.all_sum(tot_loss, tot_nll, wrong, bad_loss, world=world)
+        distributed.first_over_ranks(first_bad, world)
+        tot_loss, tot_nll = tot_loss / world.size, tot_nll / world.size
         _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
         params = [*model.named_parameters(), *guide.named_parameters()]
         if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
@@ -295,6 +380,9 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
         tot_loss, tot_nll, wrong = float(tot_loss), float(tot_nll), int(wrong)
         train_seconds += time.perf_counter() - t0
+        last_good = epoch + 1
+        if not world.main:  # compaction, metrics and files are rank 0's
+            continue
         small = compact(model, guide, weight_threshold=cfg.weight_threshold, unit_threshold=cfg.unit_threshold)
         cost = network_cost(small, example_input(model))
         record = {
@@ -320,18 +408,19 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
                 + f"test err {record['test_error']:.2f}%  "
                 f"units {'-'.join(map(str, record['units']))}"
             )
-        if run_dir is not None:  # the log line first: a kill before the checkpoint drops it and redoes the epoch
-            append_line(run_dir / LOG, record)
+        if writes is not None:  # the log line first: a kill before the checkpoint drops it and redoes the epoch
+            append_line(writes / LOG, record)
             atomic_torch_save(
                 {"epoch": epoch, "model": model.state_dict(), "guide": guide.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_seconds": train_seconds,
                  "config": json.dumps(asdict(cfg))},
-                run_dir / CHECKPOINT,
+                writes / CHECKPOINT,
             )
-        last_good = epoch + 1
         if callback is not None:
             callback(record)
-    return finalize(model, guide, data, cfg, run_dir, train_seconds, meta, record)
+    distributed.barrier(world)  # the other ranks wait for rank 0's last checkpoint
+    metrics = finalize(model, guide, data, cfg, writes, train_seconds, meta, record) if world.main else None
+    return distributed.broadcast(metrics, world)
 
 
 def example_input(model) -> torch.Tensor:
