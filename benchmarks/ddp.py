@@ -54,7 +54,8 @@ def run(arch: str, method: str, procs: int, threads: int, a) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "r.json"
         args = [__file__, "--worker", "--arch", arch, "--methods", method, "--threads", str(threads),
-                "--examples", str(a.n), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--result", str(result)]
+                "--examples", str(a.n), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+                "--result", str(result)]
         cmd = [sys.executable, *args] if procs == 1 else \
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -18,6 +18,13 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+#: standardised bound beyond which the entropy takes the exponential limit
+_FAR = 1e3
+#: standardised bound beyond which the sampler takes the exponential limit (Φ(hi)·t stays a normal float64 up to 36)
+_TAIL = 35.0
+_NDTR_M1 = 0.15865525393145707  # Φ(−1): a harmless stand-in
+#: smallest uniform draw (float32 draws are multiples of 2⁻²⁴ and may be 0)
+_U_MIN = 2.0**-25
 
 
 def _log1mexp(t: torch.Tensor) -> torch.Tensor:
@@ -145,12 +152,16 @@ class TruncatedLogNormal(TorchDistribution):
         super(TruncatedLogNormal, new).__init__(batch_shape, torch.Size(), validate_args=False)
         return new
 
-    # -- standardised bounds, in float64 -------------------------------------------------------------
+    # -- standardised bounds, in float64 (computed once per instance: the guide's draw, the model's per-example
+    #    draws and the KL of one training step share them) ----------------------------------------------------
     def _std(self):
-        loc, scale = self.loc.double(), self.scale.double()
-        alpha = (self.a.double() - loc) / scale
-        beta = (self.b.double() - loc) / scale
-        return loc, scale, alpha, beta
+        cached = self.__dict__.get("_std_cache")
+        if cached is None:
+            loc, scale = self.loc.double(), self.scale.double()
+            alpha = (self.a.double() - loc) / scale
+            beta = (self.b.double() - loc) / scale
+            cached = self.__dict__["_std_cache"] = (loc, scale, alpha, beta)
+        return cached
 
     @property
     def log_normalizer(self) -> torch.Tensor:
@@ -158,30 +169,62 @@ class TruncatedLogNormal(TorchDistribution):
         _, _, alpha, beta = self._std()
         return log_ndtr_diff(alpha, beta)
 
+    def _tail_parts(self):
+        """Per-unit parts shared by :meth:`rsample` and :meth:`entropy` (float64, batch shape; cached): the
+        interval ``[lo, hi]`` of the standardised variable in the tail that holds it (``sign`` −1 where it was
+        flipped from the upper tail), ``log Φ(hi)`` and ``log r = log(Φ(lo)/Φ(hi))``, both exact for
+        ``hi >= −1e3`` (beyond, stand-ins: the exponential limit is used there)."""
+        cached = self.__dict__.get("_tail_cache")
+        if cached is None:
+            _, _, alpha, beta = self._std()
+            flip = alpha > 0  # interval in the upper tail: work with -x, whose interval is in the lower tail
+            lo = torch.where(flip, -beta, alpha)
+            hi = torch.where(flip, -alpha, beta)
+            far = hi < -_FAR
+            # safe stand-ins where far (the "double where" that keeps gradients finite); Φ(lo) is negligible next
+            # to Φ(hi) once lo < -1e4 (the clamp keeps log_ndtr's gradient finite)
+            lo_n, hi_n = torch.where(far, -2.0, lo).clamp(min=-1e4), torch.where(far, -1.0, hi)
+            l_hi = torch.special.log_ndtr(hi_n)
+            log_ratio = torch.special.log_ndtr(lo_n) - l_hi
+            sign = torch.where(flip, -1.0, 1.0).to(lo.dtype)
+            cached = self.__dict__["_tail_cache"] = (lo, hi, lo_n, hi_n, sign, l_hi, log_ratio, far)
+        return cached
+
+    def _sampler_parts(self):
+        """Per-unit parts of :meth:`rsample` (cached): ``Φ(lo)`` and ``Φ(hi) − Φ(lo)`` in float64 (stand-ins
+        where ``hi < −35``), the exponential tail's mask, ``hi`` and ``1/|hi|``, and ``sign·σ`` in the parameters'
+        dtype."""
+        cached = self.__dict__.get("_sampler_cache")
+        if cached is None:
+            _, hi, _, _, sign, l_hi, log_ratio, _ = self._tail_parts()
+            tail = hi < -_TAIL
+            p_hi = torch.where(tail, _NDTR_M1, l_hi.exp())
+            p_lo = torch.where(tail, 0.0, p_hi * log_ratio.exp())
+            dtype = self.loc.dtype
+            inv_rate = 1.0 / torch.where(tail, -hi, _TAIL)
+            cached = self.__dict__["_sampler_cache"] = (
+                p_lo, p_hi - p_lo, tail, *(t.to(dtype) for t in (hi, inv_rate, sign * self.scale.double())))
+        return cached
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Inverse-CDF sample ``log θ = μ + σ·Φ⁻¹(Φ(α) + u·Z)``, clipped to ``[a, b]`` (METHODS.md §2).
 
-        The CDF is inverted in log space in whichever tail holds the interval, so intervals many standard
-        deviations away from μ give samples at the near bound instead of NaN.
+        The CDF is inverted in whichever tail holds the interval ``[lo, hi]`` (flipped to the lower tail), so that
+        ``Φ(lo)`` and ``Φ(hi)`` — computed per unit in log space — are normal float64 numbers down to
+        ``hi = −35`` and ``x = Φ⁻¹(Φ(lo) + u·(Φ(hi) − Φ(lo)))`` is exact there: intervals many standard
+        deviations away from μ give samples at the near bound instead of NaN. Beyond 35 standard deviations the
+        truncated normal is an exponential off the near bound, ``x = hi + log(u)/|hi|`` (error O(1/hi²) of its
+        width). Only the inversion (``ndtri``, which costs the same in both) runs in float64 per draw; ``u``, the
+        affine map to log θ and the exponential run in the parameters' dtype.
         """
         shape = self._extended_shape(sample_shape)
-        loc, scale, alpha, beta = self._std()
-        flip = alpha > 0  # interval in the upper tail: work with -x, whose interval is in the lower tail
-        lo = torch.where(flip, -beta, alpha)
-        hi = torch.where(flip, -alpha, beta)
-        u = torch.rand(shape, dtype=loc.dtype, device=loc.device).clamp(1e-12, 1 - 1e-12)
-        far = hi < -30
-        # Φ(lo) is negligible next to Φ(hi) >= Φ(-30) once lo < -1e4; the clamp also keeps log_ndtr's gradient finite
-        lo_n, hi_n = torch.where(far, -2.0, lo).clamp(min=-1e4), torch.where(far, -1.0, hi)
-        l_lo, l_hi = torch.special.log_ndtr(lo_n), torch.special.log_ndtr(hi_n)
-        log_p = torch.logaddexp(l_lo + torch.log1p(-u), l_hi + torch.log(u))  # >= log Φ(-30) − 28
-        x = torch.special.ndtri(log_p.exp())
-        # beyond 30 sd the truncated normal is an exponential off the near bound (error O(1/hi²))
-        x = torch.where(far, hi + torch.log(u) / torch.where(far, -hi, 30.0), x)
-        x = torch.minimum(torch.maximum(x, lo), hi)
-        x = torch.where(flip, -x, x)
-        log_theta = torch.minimum(torch.maximum(loc + scale * x, self.a.double()), self.b.double())
-        return log_theta.exp().to(self.loc.dtype)
+        p_lo, p_width, tail, hi, inv_rate, signed_scale = self._sampler_parts()
+        dtype = self.loc.dtype
+        u = torch.rand(shape, dtype=dtype, device=p_lo.device).clamp_(_U_MIN, 1.0)
+        x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(dtype)
+        x = torch.where(tail, torch.addcmul(hi, torch.log(u), inv_rate), x)
+        # x in [lo, hi] is log θ in [a, b]: one clamp, after the affine map, keeps rounding inside the bounds
+        return torch.clamp(torch.addcmul(self.loc, signed_scale, x), self.a, self.b).exp()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         loc, scale, alpha, beta = self._std()
@@ -235,16 +278,12 @@ class TruncatedLogNormal(TorchDistribution):
         ``H = log σ + ½ log(2πe) + log Z + (α φ(α) − β φ(β)) / (2Z)``; when the interval lies more than 1e3
         standard deviations into a tail, the exponential limit ``log σ + 1 − log|β|`` is used (error O(1/β²)).
         """
-        loc, scale, alpha, beta = self._std()
-        flip = alpha > 0
-        lo = torch.where(flip, -beta, alpha)
-        hi = torch.where(flip, -alpha, beta)
-        far = hi < -1e3
-        lo_n, hi_n = torch.where(far, -2.0, lo), torch.where(far, -1.0, hi)
-        log_z = log_ndtr_diff(lo_n, hi_n)
+        _, scale, _, _ = self._std()
+        _, hi, lo_n, hi_n, _, l_hi, log_ratio, far = self._tail_parts()
+        log_z = l_hi + _log1mexp(log_ratio)  # log(Φ(hi) − Φ(lo)) = log Φ(hi) + log(1 − r)
         t_lo = lo_n * torch.exp(_std_normal_log_pdf(lo_n) - log_z)
         t_hi = hi_n * torch.exp(_std_normal_log_pdf(hi_n) - log_z)
         h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)
-        h_far = 1.0 - torch.log(torch.where(far, -hi, 1e3))
+        h_far = 1.0 - torch.log(torch.where(far, -hi, _FAR))
         h_std = torch.where(far, h_far, h_std)
         return (scale.log() + h_std).to(self.loc.dtype)
