@@ -3,7 +3,8 @@
 
     python benchmarks/step_speed.py [--steps 20 --repeats 3 --nets lenet500 lenet5 vgg_like --methods svd sbp bb dbb]
 
-pyro-sparse: ``build_model(arch, method)`` (``sparsify`` on the plain network), ``MeanFieldGuide``, ``SparseELBO``,
+pyro-sparse: the engine's step — ``build_model(arch, method)`` (``sparsify`` on the plain network),
+``MeanFieldGuide`` without global draws (as ``fit`` runs it), ``SparseELBO`` through ``infer.train.Objective``,
 one Adam over model + guide. Plain PyTorch: the same network (the same ``nets.build`` module) and the same objective
 and estimator written directly, float32, the way the authors' reference code computes it — per-example noise (LRT for
 SVD; per-example θ / π draws for SBP / BB / DBB), the same analytic KL formulas, the same Adam — with the latent
@@ -32,6 +33,7 @@ from torch import nn
 
 import pyro_sparse  # noqa: F401  (registers the KLs)
 from pyro_sparse.infer import SparseELBO
+from pyro_sparse.infer.train import Objective
 from pyro_sparse.settings import module_local_params
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -176,14 +178,15 @@ def measure(arch: str, method: str, steps: int, repeats: int) -> dict:
         else:
             model = build_model(arch, method, shape, 10, num_data=N)
         guide = MeanFieldGuide(model)
-        elbo = SparseELBO()
+        guide.global_draws = False  # as fit() does inside its steps: the model draws every latent per example
+        objective = Objective(model, guide, SparseELBO())
         opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
         plain = PlainSparse(nets.build(arch, shape, 10, **kwargs), method)
         opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
 
         def step_ours(xb, yb):
             opt.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(model, guide, xb, yb)
+            loss = objective(xb, yb)
             loss.backward()
             opt.step()
 

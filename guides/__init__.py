@@ -82,6 +82,10 @@ class MeanFieldGuide(PyroModule):
     SVD θ from a pretrained dense weight).
     """
 
+    #: ``False`` (set by the training engine inside its steps): no global draws for a model that draws every latent
+    #: per example; see :class:`~pyro_sparse.poutine.LocalReparameterizationMessenger` ``draw``
+    global_draws = True
+
     def __init__(self, model: nn.Module, local: bool = True):
         super().__init__()
         self.local = local
@@ -117,7 +121,7 @@ class MeanFieldGuide(PyroModule):
             return self.sites[_key(name)].distribution()
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        msngr = LocalReparameterizationMessenger() if self.local else None
+        msngr = LocalReparameterizationMessenger(draw=self.global_draws) if self.local else None
         if msngr is not None:
             msngr.__enter__()
         try:

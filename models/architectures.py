@@ -44,8 +44,9 @@ class Classifier(PyroModule):
     copy ``s`` (:mod:`pyro_sparse.poutine.local`), and ``y`` is observed under every sample.
     :raises ValueError: inputs of another shape than ``input_shape``.
 
-    ``autocast_dtype`` (default None): run :meth:`network` under ``torch.autocast`` with this dtype (the training
-    engine sets ``torch.bfloat16`` for ``TrainConfig(bf16=True)`` while it trains); the logits come back float32.
+    ``autocast_dtype`` (default None): in training mode, run :meth:`network` under ``torch.autocast`` with this
+    dtype (the training engine sets ``torch.bfloat16`` for ``TrainConfig(bf16=True)`` while it trains); the logits
+    come back float32. Evaluation mode (``.eval()``, compaction) always runs in full precision.
     """
 
     autocast_dtype: torch.dtype | None = None
@@ -63,7 +64,7 @@ class Classifier(PyroModule):
         samples = sample_shape()
         if samples:  # S copies of the batch, one per sample of the latents
             x = x.expand(math.prod(samples), *x.shape).reshape(-1, *x.shape[1:])
-        if self.autocast_dtype is None:
+        if self.autocast_dtype is None or not self.training:
             logits = self.network(x)
         else:  # the network's convolutions and matrix products in low precision; the likelihood in float32
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):

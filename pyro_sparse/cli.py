@@ -261,6 +261,8 @@ def _validate_train_args(a) -> None:
         _fail(f"--temperature applies to --method bb and dbb only, got --method {a.method}")
     if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
         _fail("--init-from names the --out directory itself; expected another, finished run")
+    if getattr(a, "augment", None) is not None and a.dataset in ("digits", "noise-digits"):
+        _fail(f"--augment {a.augment} needs image data [N, C, H, W]; --dataset {a.dataset} has flat inputs")
     _check_device(a.device)
     _check_devices(a)
 

@@ -318,7 +318,7 @@ class SparseModel(Classifier):
                 site = self.weights[key]
                 w = site.weight
                 if site.train_clip is not None:
-                    w = w.view_as(w) if w.is_leaf else w
+                    w = w.view_as(w) if w.is_leaf and w.requires_grad else w  # never tag a parameter
                     setattr(w, CLIP_TAG, site.train_clip)
                 overrides[f"{path}.weight"] = w
         handles = self._attach_units(test, posterior)

@@ -42,3 +42,46 @@ def test_kl_scale_and_clipping_keep_steps_free():
     assert _epoch("sbp", "logreg", (64,), 2, **kw)["other"] == _epoch("sbp", "logreg", (64,), 4, **kw)["other"]
     kw = {"train_clip_from": 0}
     assert _epoch("svd", "logreg", (64,), 2, **kw)["other"] == _epoch("svd", "logreg", (64,), 4, **kw)["other"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_cuda_steady_state_steps_do_not_synchronise(method, monkeypatch):
+    """On CUDA, ``torch.cuda.set_sync_debug_mode("error")`` from the second step of each epoch until the epoch's
+    totals are read: any host-device synchronisation inside a step raises."""
+    from pyro_sparse.models import nets
+
+    from pyro_sparse import sparsify
+    from pyro_sparse.infer import distributed
+    from pyro_sparse.infer.train import Objective
+
+    steps = {"n": 0}
+    forward, all_sum = Objective.forward, distributed.all_sum
+
+    def checked_forward(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] >= 2:  # the first step of an epoch may allocate optimiser state
+            torch.cuda.set_sync_debug_mode("error")
+        return forward(self, *args, **kwargs)
+
+    def epoch_end(*tensors, world):
+        torch.cuda.set_sync_debug_mode("default")
+        steps["n"] = 0
+        return all_sum(*tensors, world=world)
+
+    monkeypatch.setattr(Objective, "forward", checked_forward)
+    monkeypatch.setattr(distributed, "all_sum", epoch_end)
+    try:
+        for arch, shape in (("lenet5", (1, 28, 28)), ("vgg_like", (3, 32, 32))):
+            g = torch.Generator().manual_seed(0)
+            data = Dataset("synthetic", torch.rand(200, *shape, generator=g), torch.randint(0, 10, (200,), generator=g),
+                           torch.rand(20, *shape, generator=g), torch.randint(0, 10, (20,), generator=g), 10)
+            model = sparsify(nets.build(arch, shape, 10, **({"k": 0.25} if arch == "vgg_like" else {})), method,
+                             data.x_train[:2])
+            guide = MeanFieldGuide(model)
+            cfg = TrainConfig(epochs=2, batch_size=50, device="cuda", measure_latency=False,
+                              augment="crop-flip" if arch == "vgg_like" else None)
+            fit(model, guide, data, cfg, progress=False)
+            assert steps["n"] == 0  # the epochs ran and their totals were read
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

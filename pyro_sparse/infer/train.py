@@ -44,6 +44,7 @@ from ..runfiles import (
 )
 from ..runfiles import recover as recover_run_dir
 from ..settings import module_local_params, prepare_module_local
+from ..sparsify import SparseModel
 from . import distributed
 from .elbo import SparseELBO
 
@@ -218,17 +219,22 @@ class Objective(nn.Module):
 
 
 @contextlib.contextmanager
-def _training_switches(model, cfg: TrainConfig):
-    """bf16 autocast of the network's forward and ``torch.compile`` of the network, for the training loop only."""
-    before = model.autocast_dtype
+def _training_switches(model, guide, cfg: TrainConfig):
+    """For the training loop only: bf16 autocast of the network's forward, ``torch.compile`` of the network, and no
+    global guide draws that the model would throw away."""
+    before = model.autocast_dtype, getattr(guide, "global_draws", None)
     model.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    if before[1] is not None:  # a SparseModel draws every latent per example: global draws would be thrown away
+        guide.global_draws = not isinstance(model, SparseModel)
     compiled = cfg.compile and not getattr(model.net, "_compiled_call_impl", None)
     if compiled:
         model.net.compile()
     try:
         yield
     finally:
-        model.autocast_dtype = before
+        model.autocast_dtype = before[0]
+        if before[1] is not None:
+            guide.global_draws = before[1]
         if compiled:
             model.net._compiled_call_impl = None  # back to eager: compact() and evaluation deep-copy the net
 
@@ -274,7 +280,7 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
             raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {world.size} processes; "
                                     "expected at least one example per process")
         lock = RunLock(run_dir) if run_dir is not None and world.main else contextlib.nullcontext()
-        with lock, warnings.catch_warnings(), _training_switches(model, cfg):
+        with lock, warnings.catch_warnings(), _training_switches(model, guide, cfg):
             # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
             warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
             return _fit(model, guide, data, cfg, run_dir, resume, progress and world.main, meta, callback, world)

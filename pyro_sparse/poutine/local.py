@@ -51,7 +51,26 @@ class LocalReparameterizationMessenger(Messenger):
     """Tag every latent sample with its guide distribution (the sampled value stays an honest draw from it).
 
     Use it around a guide (``MeanFieldGuide`` does so by default) or around a whole ``svi.step``.
+
+    :param draw: ``False`` skips the global draw that a model consuming every latent site per example (through
+        :func:`local_sample` and :class:`LocalOps`, as :func:`pyro_sparse.sparsify` models do) would throw away: the
+        site's value is then a NaN placeholder of the site's shape carrying the tag, so that a value read directly
+        shows up as a NaN loss instead of silently. The training engine uses it inside its steps (the ELBO with
+        analytic KL reads no guide value); traces for users (``SVI``, ``Predictive``) keep honest draws.
     """
+
+    def __init__(self, draw: bool = True):
+        super().__init__()
+        self.draw = draw
+
+    def _pyro_sample(self, msg):
+        if self.draw or msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        base = base_distribution(fn)
+        like = next(v for k in base.arg_constraints if torch.is_tensor(v := getattr(base, k, None)))
+        msg["value"] = torch.full((), math.nan, dtype=like.dtype, device=like.device).expand(fn.shape())
+        msg["done"] = True
 
     def _pyro_post_sample(self, msg):
         if msg["is_observed"] or not torch.is_tensor(msg["value"]):

@@ -1,0 +1,153 @@
+"""The engine's GPU-ready switches (issue 16, item 3), checked on the CPU: on-device augmentation, bf16 autocast of
+the network's forward, ``torch.compile`` of the network, and the guide's skipped global draws inside steps."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from pyro_sparse.guides import MeanFieldGuide
+from pyro_sparse.models import build_model
+
+from pyro_sparse.cli import main
+from pyro_sparse.data import Dataset, augment, load_dataset, subset
+from pyro_sparse.errors import InvalidInputError
+from pyro_sparse.infer import SparseELBO, TrainConfig, fit
+from pyro_sparse.infer.hostreads import count_host_reads
+
+
+def _images(n=60, shape=(3, 8, 8)) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    return Dataset("synthetic", torch.rand(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g),
+                   torch.rand(20, *shape, generator=g), torch.randint(0, 10, (20,), generator=g), 10)
+
+
+def test_crop_flip_is_a_padded_window_per_image_possibly_mirrored():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = augment(x, "crop-flip")
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    flips = 0
+    for i in range(64):
+        windows = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                   if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8].flip(-1 if f else ()))]
+        assert windows, f"image {i} is no window of its padded copy"
+        flips += all(f for _, _, f in windows)
+    assert 10 < flips < 54  # about half the images are mirrored
+    assert not torch.equal(augment(x, "crop-flip"), augment(x, "crop-flip"))  # fresh draws each call
+    assert sum(count_host_reads(lambda: augment(x, "crop-flip")).values()) == 0  # no device read
+
+
+def test_augment_rejects_bad_input():
+    with pytest.raises(InvalidInputError, match="one of crop-flip"):
+        augment(torch.rand(2, 3, 8, 8), "mixup")
+    with pytest.raises(InvalidInputError, match=r"\[B, C, H, W\]"):
+        augment(torch.rand(2, 64), "crop-flip")
+    for bad in ({"augment": "mixup"}, {"bf16": 1}, {"compile": "yes"}):
+        with pytest.raises(InvalidInputError):
+            TrainConfig(**bad).validate()
+    data = subset(load_dataset("digits"), 100, 50)
+    model = build_model("logreg", "sbp", data.input_shape, 10)
+    with pytest.raises(InvalidInputError, match="needs image data"):
+        fit(model, MeanFieldGuide(model), data, TrainConfig(epochs=1, augment="crop-flip"), progress=False)
+
+
+def test_training_with_augmentation_differs_and_stays_finite():
+    data = _images()
+    runs = []
+    for aug in (None, "crop-flip"):
+        pyro.set_rng_seed(0)
+        model = build_model("logreg", "bb", (3, 8, 8), 10)
+        guide = MeanFieldGuide(model)
+        runs.append(fit(model, guide, data, TrainConfig(epochs=2, batch_size=20, augment=aug, measure_latency=False),
+                        progress=False))
+    assert runs[0]["nll"] != runs[1]["nll"]
+    assert all(torch.isfinite(torch.tensor(r["nll"])) for r in runs)
+
+
+def test_bf16_autocast_covers_the_network_only():
+    pyro.set_rng_seed(0)
+    model = build_model("lenet5", "sbp", (1, 28, 28), 10, num_data=100)
+    guide = MeanFieldGuide(model)
+    seen = {}  # the output layer's output (no unit latent acts on it)
+    out_layer = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    out_layer.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.dtype))
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    model.autocast_dtype = torch.bfloat16
+    elbo = SparseELBO()
+    loss = elbo.differentiable_loss(model, guide, x, y)
+    assert seen["out"] == torch.bfloat16  # the network ran in bf16
+    assert elbo.last_return.dtype == torch.float32 and loss.dtype == torch.float32  # logits, likelihood, KL: fp32
+    loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in [*model.parameters(), *guide.parameters()])
+    model.autocast_dtype = None
+    data = _images(40, (1, 28, 28))
+    metrics = fit(model, guide, data, TrainConfig(epochs=1, batch_size=20, bf16=True, measure_latency=False),
+                  progress=False)
+    assert model.autocast_dtype is None  # switched on for the training loop only
+    assert torch.isfinite(torch.tensor(metrics["nll"]))
+
+
+def test_compile_switch_trains_through_the_compiled_network(monkeypatch):
+    """``TrainConfig(compile=True)`` runs the training steps through ``torch.compile`` of the network (here a
+    recording stand-in: inductor takes a minute on a CPU) and leaves the network eager afterwards."""
+    compiled = []
+
+    def fake_compile(fn, *args, **kwargs):
+        def run(*a, **k):
+            compiled.append(1)
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    data = subset(load_dataset("digits"), 100, 50)
+    results = []
+    for flag in (False, True):
+        pyro.set_rng_seed(0)
+        model = build_model("lenet300", "bb", data.input_shape, 10)
+        results.append(fit(model, MeanFieldGuide(model), data, TrainConfig(epochs=1, batch_size=50, compile=flag,
+                                                                         measure_latency=False), progress=False))
+        assert model.net._compiled_call_impl is None
+    assert len(compiled) >= 2  # both training steps went through the compiled callable
+    assert results[0]["nll"] == pytest.approx(results[1]["nll"], rel=1e-6)  # same computation
+
+
+def test_engine_steps_skip_the_global_draws_the_model_throws_away():
+    pyro.set_rng_seed(0)
+    model = build_model("lenet300", "sbp", (64,), 10, num_data=100)
+    guide = MeanFieldGuide(model)
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+    guide.global_draws = False
+    trace = pyro.poutine.trace(guide).get_trace(x, y)
+    values = [s["value"] for s in trace.nodes.values() if s["type"] == "sample"]
+    assert values and all(torch.isnan(v).all() for v in values)  # placeholders, not draws
+    loss = SparseELBO().differentiable_loss(model, guide, x, y)
+    assert torch.isfinite(loss)  # the model drew every latent per example from the tagged distributions
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in guide.parameters() if p.grad is not None)
+    guide.global_draws = True
+    trace = pyro.poutine.trace(guide).get_trace(x, y)
+    assert all(torch.isfinite(s["value"]).all() for s in trace.nodes.values() if s["type"] == "sample")
+    fit(model, guide, Dataset("d", torch.rand(40, 64), torch.randint(0, 10, (40,)), x, y, 10),
+        TrainConfig(epochs=1, batch_size=20, measure_latency=False), progress=False)
+    assert guide.global_draws  # restored after training
+
+
+def test_cli_switches_are_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--bf16",
+                 "--out", str(out), "--no-latency", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["bf16"] is True and cfg["augment"] is None and cfg["compile"] is False
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--augment",
+              "crop-flip", "--out", str(tmp_path / "aug"), "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs image data" in err[0]
+    assert not (tmp_path / "aug").exists()  # refused before anything was written
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--devices", "0", "--out",
+              str(tmp_path / "dev"), "--quiet"])
+    assert e.value.code == 2 and "--devices must be a positive" in capsys.readouterr().err
