@@ -88,13 +88,13 @@ class PlainSparse(nn.Module):
         mu, sigma = self.unit[f"{key}_mu"], self.unit[f"{key}_log_sigma"].exp()
         alpha, beta = (self.a - mu) / sigma, (self.b - mu) / sigma
         pa, pb = torch.special.ndtr(alpha), torch.special.ndtr(beta)
-        u = torch.rand(batch, mu.shape[0])
+        u = torch.rand(batch, mu.shape[0], device=mu.device)
         x = torch.special.ndtri((pa + u * (pb - pa)).clamp(1e-6, 1 - 1e-6))
         return (mu + sigma * x).clamp(self.a, self.b).exp()
 
     def _bb(self, key: str, batch: int, h: torch.Tensor | None) -> torch.Tensor:
         a, b = F.softplus(self.unit[f"{key}_a_uc"]), F.softplus(self.unit[f"{key}_b_uc"])
-        u = torch.rand(batch, a.shape[0]).clamp(1e-6, 1 - 1e-6)
+        u = torch.rand(batch, a.shape[0], device=a.device).clamp(1e-6, 1 - 1e-6)
         pi = (1 - u.pow(1 / b)).clamp(1e-6, 1 - 1e-6).pow(1 / a)
         if self.method == "dbb":
             beta = self.unit[f"{key}_beta_mu"] + self.unit[f"{key}_beta_log_sigma"].exp() * torch.randn_like(pi)
@@ -132,7 +132,7 @@ class PlainSparse(nn.Module):
         return x
 
     def kl(self) -> torch.Tensor:
-        total = torch.zeros(())
+        total = torch.zeros((), device=next(self.parameters()).device)
         if self.method == "svd":
             for key in self.svd:
                 if key.endswith("_theta"):
