@@ -14,6 +14,7 @@ DDP averages the gradients over the W ranks; with equal shards ``B_r = B/W`` the
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -58,8 +59,11 @@ def join(device: str) -> World:
 
 
 def leave(world: World) -> None:
-    """Tear down the process group if :func:`join` created it."""
+    """Tear down the process group if :func:`join` created it, once every rank got here and the DDP wrapper (with
+    its reducer's pending work) is gone: gloo aborts a process whose group dies under live work."""
     if world.owned and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

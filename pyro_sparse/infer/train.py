@@ -275,17 +275,18 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
         raise InvalidInputError(f"augment {cfg.augment!r} needs image data [N, C, H, W]; {data.name} has inputs "
                                 f"{list(data.input_shape)}")
     world = distributed.join(cfg.device)
-    try:
-        if world.size > 1 and cfg.batch_size < world.size:
-            raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {world.size} processes; "
-                                    "expected at least one example per process")
-        lock = RunLock(run_dir) if run_dir is not None and world.main else contextlib.nullcontext()
-        with lock, warnings.catch_warnings(), _training_switches(model, guide, cfg):
-            # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
-            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
-            return _fit(model, guide, data, cfg, run_dir, resume, progress and world.main, meta, callback, world)
-    finally:
-        distributed.leave(world)
+    if world.size > 1 and cfg.batch_size < world.size:
+        raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {world.size} processes; "
+                                "expected at least one example per process")
+    lock = RunLock(run_dir) if run_dir is not None and world.main else contextlib.nullcontext()
+    with lock, warnings.catch_warnings(), _training_switches(model, guide, cfg):
+        # a non-finite loss is reported once, as DivergenceError, not also as Pyro's "Encountered NaN" warning
+        warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)", category=UserWarning)
+        metrics = _fit(model, guide, data, cfg, run_dir, resume, progress and world.main, meta, callback, world)
+    # after success only: tearing the group down while another rank is inside a collective would hang it (after an
+    # exception the process ends and torchrun stops the others)
+    distributed.leave(world)
+    return metrics
 
 
 def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
