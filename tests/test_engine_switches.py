@@ -6,6 +6,7 @@ import json
 import pyro
 import pytest
 import torch
+from pyro.nn import PyroModule
 from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model
 
@@ -51,6 +52,9 @@ def test_augment_rejects_bad_input():
     model = build_model("logreg", "sbp", data.input_shape, 10)
     with pytest.raises(InvalidInputError, match="needs image data"):
         fit(model, MeanFieldGuide(model), data, TrainConfig(epochs=1, augment="crop-flip"), progress=False)
+    for switch in ("bf16", "compile"):  # a model without a network in .net
+        with pytest.raises(InvalidInputError, match="need a pyro_sparse model"):
+            fit(PyroModule(), MeanFieldGuide(model), data, TrainConfig(epochs=1, **{switch: True}), progress=False)
 
 
 def test_training_with_augmentation_differs_and_stays_finite():

@@ -26,6 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pyro_sparse.models.architectures import Classifier
+
 from ..compact import compact, full_network, save_compact
 from ..data import AUGMENTATIONS, Dataset, augment
 from ..errors import CheckpointError, DivergenceError, InvalidInputError
@@ -222,9 +224,13 @@ class Objective(nn.Module):
 def _training_switches(model, guide, cfg: TrainConfig):
     """For the training loop only: bf16 autocast of the network's forward, ``torch.compile`` of the network, and no
     global guide draws that the model would throw away."""
-    before = model.autocast_dtype, getattr(guide, "global_draws", None)
-    model.autocast_dtype = torch.bfloat16 if cfg.bf16 else None
-    if before[1] is not None:  # a SparseModel draws every latent per example: global draws would be thrown away
+    if (cfg.bf16 or cfg.compile) and not isinstance(model, Classifier):
+        raise InvalidInputError(f"bf16 and compile need a pyro_sparse model (Classifier, SparseModel) with a network "
+                                f"in .net; got {type(model).__name__}")
+    autocast, draws = getattr(model, "autocast_dtype", None), getattr(guide, "global_draws", None)
+    if cfg.bf16:
+        model.autocast_dtype = torch.bfloat16
+    if draws is not None:  # a SparseModel draws every latent per example: global draws would be thrown away
         guide.global_draws = not isinstance(model, SparseModel)
     compiled = cfg.compile and not getattr(model.net, "_compiled_call_impl", None)
     if compiled:
@@ -232,9 +238,10 @@ def _training_switches(model, guide, cfg: TrainConfig):
     try:
         yield
     finally:
-        model.autocast_dtype = before[0]
-        if before[1] is not None:
-            guide.global_draws = before[1]
+        if cfg.bf16:
+            model.autocast_dtype = autocast
+        if draws is not None:
+            guide.global_draws = draws
         if compiled:
             model.net._compiled_call_impl = None  # back to eager: compact() and evaluation deep-copy the net
 
