@@ -9,6 +9,26 @@ from __future__ import annotations
 import torch
 from pyro.distributions import Normal
 from pyro.nn import PyroModule, PyroParam
+from torch.distributions.utils import lazy_property
+
+
+class LogVarianceNormal(Normal):
+    """``N(loc, exp(log_variance))`` (a Pyro ``Normal``) parametrised by the log-variance: the KL and the local
+    reparameterisation read ``log_variance`` directly, and ``scale = exp(log_variance / 2)`` is computed only if
+    something reads it (a global draw, ``stddev``); the training step of a large layer then skips one exponential
+    over all its weights. Shapes: ``loc`` and ``log_variance`` alike."""
+
+    def __init__(self, loc: torch.Tensor, log_variance: torch.Tensor, validate_args: bool | None = None):
+        self.loc, self.log_variance = loc, log_variance
+        torch.distributions.Distribution.__init__(self, loc.shape, torch.Size(), validate_args=False)
+
+    @lazy_property
+    def scale(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.log_variance)
+
+    def expand(self, batch_shape, _instance=None) -> LogVarianceNormal:
+        batch_shape = torch.Size(batch_shape)
+        return LogVarianceNormal(self.loc.expand(batch_shape), self.log_variance.expand(batch_shape))
 
 
 class GaussianWeights(PyroModule):
@@ -20,9 +40,7 @@ class GaussianWeights(PyroModule):
         self.log_sigma2 = PyroParam(torch.full_like(self.loc, log_sigma2_init))
 
     def distribution(self) -> Normal:
-        q = Normal(self.loc, torch.exp(0.5 * self.log_sigma2), validate_args=False)
-        q.log_variance = self.log_sigma2  # lets the KL and the LRT skip a log/exp round trip (same values)
-        return q
+        return LogVarianceNormal(self.loc, self.log_sigma2)
 
     @classmethod
     def from_site(cls, prior, init: torch.Tensor | None, shape: torch.Size) -> GaussianWeights:

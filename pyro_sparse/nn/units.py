@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 from pyro.nn import PyroModule, PyroSample
 from torch import nn
-from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
-from torch.distributions.transforms import SigmoidTransform
 
 from ..distributions import Beta1, TruncatedLogUniform
 from ..poutine import local_sample
@@ -108,6 +106,7 @@ class BBGate(UnitModule):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.register_buffer("temperature_tensor", torch.tensor(float(temperature)), persistent=False)
         self.register_buffer("alpha_over_k", torch.tensor(float(alpha_over_k)))
         if not float(alpha_over_k) > 0:
             raise ValueError(f"alpha_over_k must be > 0, got {alpha_over_k}")
@@ -116,11 +115,16 @@ class BBGate(UnitModule):
         )
 
     def gate(self, pi: torch.Tensor) -> torch.Tensor:
-        """Relaxed Bernoulli gate with keep probability ``pi`` (any shape)."""
-        pi = pi.clamp(1e-6, 1 - 1e-6)
-        # RelaxedBernoulli(τ, π).rsample() written out, so that no argument check reads π back to the host
-        temperature = torch.tensor(self.temperature, device=pi.device)
-        return SigmoidTransform()(LogitRelaxedBernoulli(temperature, probs=pi, validate_args=False).rsample())
+        """Relaxed Bernoulli gate with keep probability ``pi`` (any shape): ``RelaxedBernoulli(τ, π).rsample()``
+        (Maddison et al. 2017; Jang et al. 2017) written out op for op as torch computes it —
+        ``sigmoid((logit π + log u − log(1 − u)) / τ)``, ``u ~ U(0, 1)`` clamped to ``[ε, 1 − ε]`` — without building
+        the distribution objects each step and without argument checks that would read π back to the host."""
+        eps = torch.finfo(pi.dtype).eps
+        floor = max(1e-6, eps)
+        pi = pi.clamp(floor, 1 - floor)
+        u = torch.rand(pi.shape, dtype=pi.dtype, device=pi.device).clamp(eps, 1 - eps)
+        logits = (u.log() - (-u).log1p() + pi.log() - (-pi).log1p()) / self.temperature_tensor.to(pi.dtype)
+        return torch.sigmoid(logits).clamp(torch.finfo(pi.dtype).tiny, 1.0 - eps)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
         return self.gate(local_sample(self.pi, x.shape[0]))
