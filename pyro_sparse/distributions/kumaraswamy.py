@@ -30,7 +30,8 @@ class Kumaraswamy(_Kumaraswamy):
         shape = self._extended_shape(sample_shape)
         a, b = self.concentration1, self.concentration0
         u = torch.rand(shape, dtype=a.dtype, device=a.device).clamp(EPS, 1 - EPS)
-        pi = (torch.log(-torch.expm1(torch.log(u) / b)) / a).exp()
+        # π = (1 − u^(1/b))^(1/a) in log space; the reciprocals are per unit, the products per draw
+        pi = (torch.log(-torch.expm1(torch.log(u) * b.reciprocal())) * a.reciprocal()).exp()
         info = torch.finfo(pi.dtype)
         return pi.clamp(info.tiny, 1 - info.eps / 2)
 

@@ -58,7 +58,7 @@ class DBBGate(BBGate):
 
     def factor(self, h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """``clamp(γ (h − μ)/s + β, ε, 1 − ε)``, shape ``[B, K]``."""
-        z = self.gamma * (h - self.running_mean) / self.running_std + beta
+        z = torch.addcmul(beta, h - self.running_mean, self.gamma / self.running_std)  # γ (h − μ)/s + β
         return z.clamp(self.eps, 1 - self.eps)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
