@@ -320,7 +320,7 @@ def main():
              "`benchmarks/latency.py` (table at the end).",
              "", "Train time is wall-clock on the shared 2-core machine while up to seven runs trained at once (and "
              "some runs were paused with SIGSTOP while another had the CPU), so it overstates the cost; the "
-             "controlled speed measurement is the SVD speed benchmark below.", "",
+             "controlled speed measurement is the step-cost benchmark below.", "",
              "Runs not finished when this file was generated are listed as missing: no number is filled in by "
              "hand.", ""]
     nd = HERE / "noise_digits.json"
@@ -336,16 +336,6 @@ def main():
                   "| paper | 0.934 | 88.4% | \"almost all\" | — |", "",
                   "Command (seeds 0, 1, 2): `python benchmarks/noise_digits.py --seeds 3 --epochs 100`, which runs "
                   f"`{r['runs'][0]['command']}` per seed. Per-seed numbers: `benchmarks/noise_digits.json`.", ""]
-    sp = HERE / "svd_speed.json"
-    if sp.is_file():
-        r = json.loads(sp.read_text())
-        lines += ["## Training speed: SVD LeNet-300-100, pyro-sparse vs plain PyTorch", "",
-                  "| | seconds per epoch (600 steps of batch 100) |", "|---|---|",
-                  f"| pyro-sparse (Pyro model + guide + SparseELBO) | {r['seconds_per_epoch_pyro_sparse']:.2f} |",
-                  f"| plain PyTorch, same objective | {r['seconds_per_epoch_plain_pytorch']:.2f} |",
-                  f"| **ratio** | **{r['ratio']:.2f}×** (target ≤ 1.3×) |", "",
-                  f"Command: `{r['command']}` ({r['torch_threads']} torch threads; both timed alternately in one "
-                  "process).", ""]
     lat_path = HERE / "latency.json"
     latency = json.loads(lat_path.read_text()) if lat_path.is_file() else {"runs": {}}
     for arch, title in ARCHS.items():

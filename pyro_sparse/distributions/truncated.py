@@ -280,7 +280,8 @@ class TruncatedLogNormal(TorchDistribution):
         """
         _, scale, _, _ = self._std()
         _, hi, lo_n, hi_n, _, l_hi, log_ratio, far = self._tail_parts()
-        log_z = l_hi + _log1mexp(log_ratio)  # log(Φ(hi) − Φ(lo)) = log Φ(hi) + log(1 − r)
+        # log(Φ(hi) − Φ(lo)) = log Φ(hi) + log(1 − r); expm1 keeps 1 − r exact for a narrow interval (r → 1)
+        log_z = l_hi + torch.log(-torch.expm1(log_ratio))
         t_lo = lo_n * torch.exp(_std_normal_log_pdf(lo_n) - log_z)
         t_hi = hi_n * torch.exp(_std_normal_log_pdf(hi_n) - log_z)
         h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)

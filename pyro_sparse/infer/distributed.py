@@ -54,6 +54,8 @@ def join(device: str) -> World:
     if launched_size() <= 1:
         return World()
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":  # one GPU per process; collectives and broadcast_object_list use the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned=True)
 
