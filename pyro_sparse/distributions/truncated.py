@@ -155,6 +155,12 @@ class TruncatedLogNormal(TorchDistribution):
     # -- standardised bounds, in float64 (computed once per instance: the guide's draw, the model's per-example
     #    draws and the KL of one training step share them) ----------------------------------------------------
     def _std(self):
+        # the per-unit caches hold while the parameters are unchanged (an optimiser updates them in place)
+        version = (self.loc._version, self.scale._version)
+        if self.__dict__.get("_cache_version") != version:
+            for name in ("_std_cache", "_tail_cache", "_sampler_cache"):
+                self.__dict__.pop(name, None)
+            self.__dict__["_cache_version"] = version
         cached = self.__dict__.get("_std_cache")
         if cached is None:
             loc, scale = self.loc.double(), self.scale.double()
@@ -174,9 +180,9 @@ class TruncatedLogNormal(TorchDistribution):
         interval ``[lo, hi]`` of the standardised variable in the tail that holds it (``sign`` −1 where it was
         flipped from the upper tail), ``log Φ(hi)`` and ``log r = log(Φ(lo)/Φ(hi))``, both exact for
         ``hi >= −1e3`` (beyond, stand-ins: the exponential limit is used there)."""
+        _, _, alpha, beta = self._std()  # first: drops stale caches
         cached = self.__dict__.get("_tail_cache")
         if cached is None:
-            _, _, alpha, beta = self._std()
             flip = alpha > 0  # interval in the upper tail: work with -x, whose interval is in the lower tail
             lo = torch.where(flip, -beta, alpha)
             hi = torch.where(flip, -alpha, beta)
@@ -194,9 +200,9 @@ class TruncatedLogNormal(TorchDistribution):
         """Per-unit parts of :meth:`rsample` (cached): ``Φ(lo)`` and ``Φ(hi) − Φ(lo)`` in float64 (stand-ins
         where ``hi < −35``), the exponential tail's mask, ``hi`` and ``1/|hi|``, and ``sign·σ`` in the parameters'
         dtype."""
+        _, hi, _, _, sign, l_hi, log_ratio, _ = self._tail_parts()  # first: drops stale caches
         cached = self.__dict__.get("_sampler_cache")
         if cached is None:
-            _, hi, _, _, sign, l_hi, log_ratio, _ = self._tail_parts()
             tail = hi < -_TAIL
             p_hi = torch.where(tail, _NDTR_M1, l_hi.exp())
             p_lo = torch.where(tail, 0.0, p_hi * log_ratio.exp())
