@@ -18,8 +18,9 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-#: standardised bound beyond which the entropy takes the exponential limit
-_FAR = 1e3
+#: standardised bound beyond which the entropy takes its tail series ``1 − log|hi| − 2/hi² + 7.5/hi⁴`` (error below
+#: 1e-7 there; the closed form's gradient cancels catastrophically from a few hundred standard deviations on)
+_FAR = 30.0
 #: standardised bound beyond which the sampler takes the exponential limit (Φ(hi)·t stays a normal float64 up to 36)
 _TAIL = 35.0
 _NDTR_M1 = 0.15865525393145707  # Φ(−1): a harmless stand-in
@@ -73,6 +74,70 @@ def log_ndtr_diff(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _std_normal_log_pdf(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x * x - _LOG_SQRT_2PI
+
+
+class _UnitParts(torch.autograd.Function):
+    """Everything per unit that a training step of :class:`TruncatedLogNormal` needs, in float64, with analytic
+    gradients: one autograd node instead of ~90 small operations forward and as many backward.
+
+    Standardised bounds ``α = (a − μ)/σ``, ``β = (b − μ)/σ``; the interval is taken in the tail that holds it
+    (flipped, ``sign = −1``, when ``α > 0``): ``[lo, hi]`` with ``lo = α, hi = β`` or ``lo = −β, hi = −α``.
+
+    - Entropy of log θ: ``H = log σ + ½ log(2πe) + log Z + (lo·A − hi·B)/2`` with ``Z = Φ(hi) − Φ(lo)`` (from
+      ``log Φ`` in log space), ``A = φ(lo)/Z``, ``B = φ(hi)/Z``; beyond ``hi < −30`` the tail series
+      ``log σ + 1 − log|hi| − 2/hi² + 7.5/hi⁴`` (error < 1e-7). Gradients ``∂h/∂lo = A·(D − (1 + lo²)/2)``,
+      ``∂h/∂hi = B·((1 + hi²)/2 − D)``, ``D = (lo·A − hi·B)/2`` (far: the series' derivative).
+    - Sampler: ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (``∂Φ/∂x = φ``) where ``hi >= −35``; beyond, the exponential tail's
+      ``hi`` and ``1/|hi|``; ``sign·σ``.
+    - Chain rule: ``∂lo/∂μ = ∂hi/∂μ = −sign/σ``, ``∂lo/∂σ = −lo/σ``, ``∂hi/∂σ = −hi/σ``.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, scale, a, b):
+        dtype = loc.dtype
+        mu, s = loc.double(), scale.double()
+        alpha, beta = (a.double() - mu) / s, (b.double() - mu) / s
+        flip = alpha > 0
+        sign = torch.where(flip, -1.0, 1.0).to(mu.dtype)
+        lo, hi = torch.where(flip, -beta, alpha), torch.where(flip, -alpha, beta)
+        far, tail = hi < -_FAR, hi < -_TAIL
+        clamped = lo < -1e4  # Φ(lo) is negligible next to Φ(hi) there
+        # stand-ins where the sampler takes the exponential tail (hi < −35: they keep log Φ and its exponential
+        # finite; the entropy uses its series there, as from −30 on)
+        lo_n, hi_n = torch.where(tail | clamped, -1e4, lo), torch.where(tail, -1.0, hi)
+        l_lo, l_hi = torch.special.log_ndtr(lo_n), torch.special.log_ndtr(hi_n)
+        log_z = l_hi + torch.log(-torch.expm1(l_lo - l_hi))
+        log_pdf_lo, log_pdf_hi = _std_normal_log_pdf(lo_n), _std_normal_log_pdf(hi_n)
+        A, B = torch.exp(log_pdf_lo - log_z), torch.exp(log_pdf_hi - log_z)
+        D = 0.5 * (lo_n * A - hi_n * B)
+        inv2 = 1.0 / torch.where(far, hi, -_FAR) ** 2  # 1/hi², a stand-in where not far
+        h_far = 1.0 - 0.5 * torch.log(torch.where(far, hi * hi, _FAR**2)) - 2.0 * inv2 + 7.5 * inv2 * inv2
+        h = torch.where(far, h_far, 0.5 * math.log(2 * math.pi * math.e) + log_z + D)
+        entropy = torch.log(s) + h
+        p_lo = torch.where(tail, 0.0, torch.exp(l_lo))
+        p_hi = torch.where(tail, _NDTR_M1, torch.exp(l_hi))
+        tail_hi = torch.where(tail, hi, -_TAIL)
+        ctx.save_for_backward(s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped)
+        ctx.dtypes = (loc.dtype, scale.dtype)
+        ctx.mark_non_differentiable(tail)
+        return (entropy.to(dtype), p_lo, p_hi - p_lo, tail_hi.to(dtype), (1.0 / -tail_hi).to(dtype),
+                (sign * s).to(dtype), tail)
+
+    @staticmethod
+    def backward(ctx, g_entropy, g_p_lo, g_p_width, g_tail_hi, g_inv_rate, g_signed_scale, _):
+        s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped = ctx.saved_tensors
+        g_h = g_entropy.double()
+        g_lo = torch.where(far | clamped, 0.0, g_h * A * (D - 0.5 * (1 + lo_n * lo_n)))
+        inv = 1.0 / torch.where(far, hi, -_FAR)
+        g_hi = torch.where(far, g_h * (-inv + 4.0 * inv**3 - 30.0 * inv**5), g_h * B * (0.5 * (1 + hi_n * hi_n) - D))
+        # sampler: Φ(lo), Φ(hi) − Φ(lo) where not in the exponential tail; hi and −1/hi there
+        g_pw = g_p_width.double()
+        g_lo = g_lo + torch.where(tail | clamped, 0.0, (g_p_lo.double() - g_pw) * torch.exp(log_pdf_lo))
+        g_tail = g_tail_hi.double() + g_inv_rate.double() / (hi * hi)
+        g_hi = g_hi + torch.where(tail, g_tail, g_pw * torch.exp(log_pdf_hi))
+        g_mu = -sign / s * (g_lo + g_hi)
+        g_s = (g_h - lo * g_lo - hi * g_hi) / s + sign * g_signed_scale.double()
+        return g_mu.to(ctx.dtypes[0]), g_s.to(ctx.dtypes[1]), None, None
 
 
 class TruncatedLogUniform(TorchDistribution):
@@ -158,7 +223,7 @@ class TruncatedLogNormal(TorchDistribution):
         # the per-unit caches hold while the parameters are unchanged (an optimiser updates them in place)
         version = (self.loc._version, self.scale._version)
         if self.__dict__.get("_cache_version") != version:
-            for name in ("_std_cache", "_tail_cache", "_sampler_cache"):
+            for name in ("_std_cache", "_unit_cache"):
                 self.__dict__.pop(name, None)
             self.__dict__["_cache_version"] = version
         cached = self.__dict__.get("_std_cache")
@@ -175,41 +240,16 @@ class TruncatedLogNormal(TorchDistribution):
         _, _, alpha, beta = self._std()
         return log_ndtr_diff(alpha, beta)
 
-    def _tail_parts(self):
-        """Per-unit parts shared by :meth:`rsample` and :meth:`entropy` (float64, batch shape; cached): the
-        interval ``[lo, hi]`` of the standardised variable in the tail that holds it (``sign`` −1 where it was
-        flipped from the upper tail), ``log Φ(hi)`` and ``log r = log(Φ(lo)/Φ(hi))``, both exact for
-        ``hi >= −1e3`` (beyond, stand-ins: the exponential limit is used there)."""
-        _, _, alpha, beta = self._std()  # first: drops stale caches
-        cached = self.__dict__.get("_tail_cache")
+    def _unit_parts(self):
+        """Per-unit parts of one training step (cached while the parameters are unchanged): the entropy (dtype of
+        ``loc``), and for :meth:`rsample` ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (float64), the tail mask, ``hi`` and ``1/|hi|``
+        of the exponential tail and ``sign·σ`` (dtype of ``loc``). One fused :class:`_UnitParts` call."""
+        self._std()  # drops stale caches
+        cached = self.__dict__.get("_unit_cache")
         if cached is None:
-            flip = alpha > 0  # interval in the upper tail: work with -x, whose interval is in the lower tail
-            lo = torch.where(flip, -beta, alpha)
-            hi = torch.where(flip, -alpha, beta)
-            far = hi < -_FAR
-            # safe stand-ins where far (the "double where" that keeps gradients finite); Φ(lo) is negligible next
-            # to Φ(hi) once lo < -1e4 (the clamp keeps log_ndtr's gradient finite)
-            lo_n, hi_n = torch.where(far, -2.0, lo).clamp(min=-1e4), torch.where(far, -1.0, hi)
-            l_hi = torch.special.log_ndtr(hi_n)
-            log_ratio = torch.special.log_ndtr(lo_n) - l_hi
-            sign = torch.where(flip, -1.0, 1.0).to(lo.dtype)
-            cached = self.__dict__["_tail_cache"] = (lo, hi, lo_n, hi_n, sign, l_hi, log_ratio, far)
-        return cached
-
-    def _sampler_parts(self):
-        """Per-unit parts of :meth:`rsample` (cached): ``Φ(lo)`` and ``Φ(hi) − Φ(lo)`` in float64 (stand-ins
-        where ``hi < −35``), the exponential tail's mask, ``hi`` and ``1/|hi|``, and ``sign·σ`` in the parameters'
-        dtype."""
-        _, hi, _, _, sign, l_hi, log_ratio, _ = self._tail_parts()  # first: drops stale caches
-        cached = self.__dict__.get("_sampler_cache")
-        if cached is None:
-            tail = hi < -_TAIL
-            p_hi = torch.where(tail, _NDTR_M1, l_hi.exp())
-            p_lo = torch.where(tail, 0.0, p_hi * log_ratio.exp())
-            dtype = self.loc.dtype
-            inv_rate = 1.0 / torch.where(tail, -hi, _TAIL)
-            cached = self.__dict__["_sampler_cache"] = (
-                p_lo, p_hi - p_lo, tail, *(t.to(dtype) for t in (hi, inv_rate, sign * self.scale.double())))
+            entropy, p_lo, p_width, tail_hi, inv_rate, signed_scale, tail = _UnitParts.apply(
+                self.loc, self.scale, self.a, self.b)
+            cached = self.__dict__["_unit_cache"] = (entropy, p_lo, p_width, tail, tail_hi, inv_rate, signed_scale)
         return cached
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
@@ -224,7 +264,7 @@ class TruncatedLogNormal(TorchDistribution):
         affine map to log θ and the exponential run in the parameters' dtype.
         """
         shape = self._extended_shape(sample_shape)
-        p_lo, p_width, tail, hi, inv_rate, signed_scale = self._sampler_parts()
+        _, p_lo, p_width, tail, hi, inv_rate, signed_scale = self._unit_parts()
         dtype = self.loc.dtype
         u = torch.rand(shape, dtype=dtype, device=p_lo.device).clamp_(_U_MIN, 1.0)
         x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(dtype)
@@ -281,16 +321,8 @@ class TruncatedLogNormal(TorchDistribution):
     def entropy(self) -> torch.Tensor:
         """Differential entropy of log θ (the truncated normal), float of ``loc``'s dtype.
 
-        ``H = log σ + ½ log(2πe) + log Z + (α φ(α) − β φ(β)) / (2Z)``; when the interval lies more than 1e3
-        standard deviations into a tail, the exponential limit ``log σ + 1 − log|β|`` is used (error O(1/β²)).
+        ``H = log σ + ½ log(2πe) + log Z + (α φ(α) − β φ(β)) / (2Z)``; when the interval lies more than 30
+        standard deviations into a tail, its series ``log σ + 1 − log|β| − 2/β² + 7.5/β⁴`` (error below 1e-7).
+        Computed with its analytic gradient by :class:`_UnitParts`.
         """
-        _, scale, _, _ = self._std()
-        _, hi, lo_n, hi_n, _, l_hi, log_ratio, far = self._tail_parts()
-        # log(Φ(hi) − Φ(lo)) = log Φ(hi) + log(1 − r); expm1 keeps 1 − r exact for a narrow interval (r → 1)
-        log_z = l_hi + torch.log(-torch.expm1(log_ratio))
-        t_lo = lo_n * torch.exp(_std_normal_log_pdf(lo_n) - log_z)
-        t_hi = hi_n * torch.exp(_std_normal_log_pdf(hi_n) - log_z)
-        h_std = 0.5 * math.log(2 * math.pi * math.e) + log_z + 0.5 * (t_lo - t_hi)
-        h_far = 1.0 - torch.log(torch.where(far, -hi, _FAR))
-        h_std = torch.where(far, h_far, h_std)
-        return (scale.log() + h_std).to(self.loc.dtype)
+        return self._unit_parts()[0]
