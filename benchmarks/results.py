@@ -244,20 +244,21 @@ def _step_speed_section() -> list[str]:
             "`infer.train.Objective`, Adam) / the same objective and estimator in plain PyTorch (float32, "
             "per-example noise, the same KL formulas, Adam), timed alternately in one process on the otherwise idle "
             f"2-core machine. Target met in {met} of {len(r['rows'])} cells. \"Before\": the script at commit "
-            "def4718 (`step_speed_before.json`; it timed blocks of 10 steps, whose ratios moved by up to ±10% "
-            "between runs on this VM; two runs of the current protocol, one step of each alternately, differed by up "
-            "to 0.05 per cell).", "",
-            "What changed: the truncated log-normal of SBP computes its per-unit float64 parts once per step and "
-            "shares them between the guide's draw, the per-example draws and the KL; the per-example inversion is "
-            "one `ndtri` of `Φ(lo) + u·(Φ(hi) − Φ(lo))` in the tail that holds the interval (exact to 35 standard "
-            "deviations, then the exponential limit), with `u`, the affine map and the exponential in float32; "
-            "the entropy reuses `log Φ(hi)` and `log(Φ(lo)/Φ(hi))` instead of its own three-branch `log_ndtr_diff`. "
-            "The engine's guide records NaN placeholders instead of the global draws the model throws away (the "
-            "model draws every latent per example; `SVI` and `Predictive` keep honest draws). What remains, on the "
-            "small MLP where a step is ~15 ms: Pyro's tracing of guide and model (a `pyro.param` statement for every "
-            "variational parameter read, trace bookkeeping) and, for SBP, ~90 small per-unit operations (float64 "
-            "log-space bounds and KL) forward and as many backward for every unit latent, about 1 ms per latent and "
-            "step on this CPU: the reference clamps p to [1e-6, 1 − 1e-6] in float32 instead of handling the tails. "
+            "def4718 (`step_speed_before.json`; it timed blocks of 10 steps, now one step of each alternately).",
+            "",
+            "What changed: SBP's per-unit math (standardised bounds in the tail that holds the interval, the "
+            "entropy, Φ(lo) and Φ(hi) − Φ(lo) for the sampler) is one autograd node with analytic gradients in "
+            "float64 (`distributions/truncated.py: _UnitParts`), computed once per step and shared by the KL and the "
+            "per-example draws; the per-example inversion is one `ndtri` of `Φ(lo) + u·(Φ(hi) − Φ(lo))` (exact to 35 "
+            "standard deviations, then the exponential limit), with `u`, the affine map and the exponential in "
+            "float32. The engine's guide records NaN placeholders instead of the global draws the model throws away "
+            "(the model draws every latent per example; `SVI` and `Predictive` keep honest draws). The BB gate's "
+            "relaxed Bernoulli sample is written out op for op; the SVD guide computes σ only when read. What "
+            "remains, largest on the small MLP where a step is ~15 ms: Pyro's tracing of guide and model (a "
+            "`pyro.param` statement for every variational parameter read, trace bookkeeping) and the float64 "
+            "per-draw inversion of SBP. Ratios move between runs of this script on this VM by up to about 0.2 "
+            "(LeNet-500-300 SBP: 1.32× to 1.56× over the runs made today, with the changes listed above in between), "
+            "more than the last of those changes moved them. "
             "Registering the unit hooks per call costs 0.02 ms per step (measured).", ""]
     return out
 
