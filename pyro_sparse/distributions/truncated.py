@@ -119,12 +119,13 @@ class _UnitParts(torch.autograd.Function):
         tail_hi = torch.where(tail, hi, -_TAIL)
         ctx.save_for_backward(s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped)
         ctx.dtypes = (loc.dtype, scale.dtype)
-        ctx.mark_non_differentiable(tail)
+        ref = hi_n.clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Inverse)
+        ctx.mark_non_differentiable(tail, ref)
         return (entropy.to(dtype), p_lo, p_hi - p_lo, tail_hi.to(dtype), (1.0 / -tail_hi).to(dtype),
-                (sign * s).to(dtype), tail)
+                (sign * s).to(dtype), tail, ref)
 
     @staticmethod
-    def backward(ctx, g_entropy, g_p_lo, g_p_width, g_tail_hi, g_inv_rate, g_signed_scale, _):
+    def backward(ctx, g_entropy, g_p_lo, g_p_width, g_tail_hi, g_inv_rate, g_signed_scale, _, __):
         s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped = ctx.saved_tensors
         g_h = g_entropy.double()
         g_lo = torch.where(far | clamped, 0.0, g_h * A * (D - 0.5 * (1 + lo_n * lo_n)))
@@ -138,6 +139,31 @@ class _UnitParts(torch.autograd.Function):
         g_mu = -sign / s * (g_lo + g_hi)
         g_s = (g_h - lo * g_lo - hi * g_hi) / s + sign * g_signed_scale.double()
         return g_mu.to(ctx.dtypes[0]), g_s.to(ctx.dtypes[1]), None, None
+
+
+class _Inverse(torch.autograd.Function):
+    """``x = Φ⁻¹(p_lo + u·p_width)`` per draw: the inversion in float64, ``x`` in the dtype of ``u``; the backward in
+    that dtype too. ``∂x/∂p_lo = 1/φ(x)`` and ``∂x/∂p_width = u/φ(x)`` overflow float32 in the tails, so they are
+    summed over the draws as ``e^{(x² − c²)/2}`` (bounded: ``c = min(hi, 0)`` is where φ is largest on the interval,
+    and ``u >= 2⁻²⁵`` keeps x within ~6 sd of it) and scaled per unit by ``√(2π)·e^{c²/2}`` in float64.
+    Shapes: ``u``, ``x``: ``[*sample, *batch]``; ``p_lo``, ``p_width``, ``c``: ``[*batch]``."""
+
+    @staticmethod
+    def forward(ctx, u, p_lo, p_width, ref):
+        x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(u.dtype)
+        ctx.save_for_backward(u, x, ref)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        u, x, ref = ctx.saved_tensors
+        c = ref.to(x.dtype)
+        gw = g * torch.exp(0.5 * (x * x - c * c))
+        shape = ref.shape
+        unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref)
+        g_lo = gw.sum_to_size(shape).to(ref.dtype) * unit_scale
+        g_width = (gw * u).sum_to_size(shape).to(ref.dtype) * unit_scale
+        return None, g_lo, g_width, None
 
 
 class TruncatedLogUniform(TorchDistribution):
@@ -247,9 +273,10 @@ class TruncatedLogNormal(TorchDistribution):
         self._std()  # drops stale caches
         cached = self.__dict__.get("_unit_cache")
         if cached is None:
-            entropy, p_lo, p_width, tail_hi, inv_rate, signed_scale, tail = _UnitParts.apply(
+            entropy, p_lo, p_width, tail_hi, inv_rate, signed_scale, tail, ref = _UnitParts.apply(
                 self.loc, self.scale, self.a, self.b)
-            cached = self.__dict__["_unit_cache"] = (entropy, p_lo, p_width, tail, tail_hi, inv_rate, signed_scale)
+            cached = self.__dict__["_unit_cache"] = (entropy, p_lo, p_width, tail, tail_hi, inv_rate, signed_scale,
+                                                     ref)
         return cached
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
@@ -264,10 +291,10 @@ class TruncatedLogNormal(TorchDistribution):
         affine map to log θ and the exponential run in the parameters' dtype.
         """
         shape = self._extended_shape(sample_shape)
-        _, p_lo, p_width, tail, hi, inv_rate, signed_scale = self._unit_parts()
+        _, p_lo, p_width, tail, hi, inv_rate, signed_scale, ref = self._unit_parts()
         dtype = self.loc.dtype
         u = torch.rand(shape, dtype=dtype, device=p_lo.device).clamp_(_U_MIN, 1.0)
-        x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(dtype)
+        x = _Inverse.apply(u, p_lo, p_width, ref)
         x = torch.where(tail, torch.addcmul(hi, torch.log(u), inv_rate), x)
         # x in [lo, hi] is log θ in [a, b]: one clamp, after the affine map, keeps rounding inside the bounds
         return torch.clamp(torch.addcmul(self.loc, signed_scale, x), self.a, self.b).exp()
