@@ -306,11 +306,14 @@ def _ddp_section() -> list[str]:
             "processes follow the 1-process loss trajectory (deterministic objective: to 1e-6; SBP: within 3%), "
             "that the finished run's compact network loads and evaluates, and that a killed 2-process run resumes "
             "to the same state bit for bit. Why two processes barely beat one here: one process on half of each "
-            "batch takes 1.7 s per epoch (`ddp.py --worker --examples 3000 --batch-size 50`), so gloo's all-reduce "
+            "batch takes 1.7 s per epoch (`OMP_NUM_THREADS=1 python benchmarks/ddp.py --worker --arch lenet5 "
+            "--methods sbp --threads 1 --examples 3000 --batch-size 50 --epochs 3 --result r.json`), so gloo's "
+            "all-reduce "
             "of LeNet-5's ~1.7 MB of gradients per step over loopback, and its thread on the same two cores, cost "
             "the other ~0.8 s; data-parallel training is there for GPUs (nccl), where this machine cannot measure "
             "it.", ""]
     return out
+
 
 def _one_path_section() -> list[str]:
     """Issue 14 item 6: the same recipes through the old per-method builders and through sparsify + compact."""
