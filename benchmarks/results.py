@@ -273,7 +273,8 @@ def _gpu_section() -> list[str]:
     out = ["## Epoch seconds on a GPU, pyro-sparse vs plain PyTorch (issue 16, item 5)", ""]
     if not path.is_file():
         return out + ["Not measured yet: no GPU machine was lent to the sessions that built the engine. "
-                      "`bash benchmarks/gpu_check.sh` runs, once, the CUDA tests (steps free of host-device syncs "
+                      "`bash benchmarks/gpu_check.sh` (after `--prepare` on the CPU machine; the device run carries "
+                      "`.whl`) runs, once, the CUDA tests (steps free of host-device syncs "
                       "under `torch.cuda.set_sync_debug_mode(\"error\")`, every method trains, compacts and resumes "
                       "on cuda) "
                       "and `benchmarks/gpu_epoch.py` (LeNet-500-300 and VGG-like k = 1, fp32, then bf16 + compile). "
