@@ -47,3 +47,17 @@ def test_kl_matches_monte_carlo_over_log_alpha_range():
 def test_log_alpha_finite_at_zero_mean():
     la = log_alpha(torch.tensor([0.0, 1.0]), torch.tensor([1e-3, 1e-3]))
     assert torch.isfinite(la).all() and la[0] > la[1]
+
+
+def test_guide_family_log_variance_normal_is_the_same_normal():
+    """The SVD guide's ``LogVarianceNormal`` (σ computed only when read) takes the registered Normal–LogUniform KL
+    and gives the values of a plain ``Normal`` with the same parameters, so the Monte-Carlo check above covers it."""
+    from pyro_sparse.guides.svd import LogVarianceNormal
+
+    loc, log_var = torch.randn(3, 4), torch.randn(3, 4) - 2
+    q, ref = LogVarianceNormal(loc, log_var), dist.Normal(loc, torch.exp(0.5 * log_var))
+    p = LogUniform().expand([3, 4])
+    assert torch.allclose(kl_divergence(q, p), kl_divergence(ref, p), atol=1e-6)
+    assert torch.allclose(q.scale, ref.scale) and torch.allclose(q.log_prob(loc + 0.1), ref.log_prob(loc + 0.1))
+    assert torch.allclose(kl_divergence(q.expand([2, 3, 4]).to_event(2), p.expand([2, 3, 4]).to_event(2)),
+                          kl_divergence(ref, p).sum().expand(2))

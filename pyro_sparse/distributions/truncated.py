@@ -243,16 +243,19 @@ class TruncatedLogNormal(TorchDistribution):
         super(TruncatedLogNormal, new).__init__(batch_shape, torch.Size(), validate_args=False)
         return new
 
-    # -- standardised bounds, in float64 (computed once per instance: the guide's draw, the model's per-example
-    #    draws and the KL of one training step share them) ----------------------------------------------------
-    def _std(self):
-        # the per-unit caches hold while the parameters are unchanged (an optimiser updates them in place)
+    # -- per-instance caches, valid while the parameters are unchanged (an optimiser updates them in place) -----
+    def _cached(self, name: str):
+        """The cache entry ``name``, after dropping every entry computed from older parameter values."""
         version = (self.loc._version, self.scale._version)
         if self.__dict__.get("_cache_version") != version:
-            for name in ("_std_cache", "_unit_cache"):
-                self.__dict__.pop(name, None)
+            for key in ("_std_cache", "_unit_cache"):
+                self.__dict__.pop(key, None)
             self.__dict__["_cache_version"] = version
-        cached = self.__dict__.get("_std_cache")
+        return self.__dict__.get(name)
+
+    def _std(self):
+        """Standardised bounds ``(μ, σ, α, β)`` in float64, for the density and the moments (cached)."""
+        cached = self._cached("_std_cache")
         if cached is None:
             loc, scale = self.loc.double(), self.scale.double()
             alpha = (self.a.double() - loc) / scale
@@ -270,8 +273,7 @@ class TruncatedLogNormal(TorchDistribution):
         """Per-unit parts of one training step (cached while the parameters are unchanged): the entropy (dtype of
         ``loc``), and for :meth:`rsample` ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (float64), the tail mask, ``hi`` and ``1/|hi|``
         of the exponential tail and ``sign·σ`` (dtype of ``loc``). One fused :class:`_UnitParts` call."""
-        self._std()  # drops stale caches
-        cached = self.__dict__.get("_unit_cache")
+        cached = self._cached("_unit_cache")
         if cached is None:
             entropy, p_lo, p_width, tail_hi, inv_rate, signed_scale, tail, ref = _UnitParts.apply(
                 self.loc, self.scale, self.a, self.b)
