@@ -24,7 +24,7 @@ import numpy as np
 import pyro
 import torch
 
-from .distributions import log_alpha
+from .distributions import normal_log_alpha
 
 
 def _short(name: str) -> str:
@@ -37,7 +37,7 @@ def _short(name: str) -> str:
 
 def _unit_log_alpha(q) -> torch.Tensor:
     """Median log α of each input unit's outgoing weights, ``[in]``, from a Gaussian weight posterior."""
-    return log_alpha(q.loc, q.scale).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
+    return normal_log_alpha(q).transpose(0, 1).reshape(q.loc.shape[1], -1).median(1).values
 
 
 def _sparse_sites(model, guide):
@@ -173,7 +173,7 @@ def plot_first_layer(model, guide, image_shape: tuple[int, int] = (28, 28), unit
     name, _, attr, q = next(iter(_sparse_sites(model, guide)))
     if attr != "weight":
         raise ValueError("plot_first_layer needs an SVD model (latent weights)")
-    la = log_alpha(q.loc, q.scale).detach().cpu().numpy()
+    la = normal_log_alpha(q).detach().cpu().numpy()
     images = la[:, 0] if la.ndim == 4 else la.reshape(la.shape[0], *image_shape)
     alive = (la.reshape(la.shape[0], -1) < 3).any(1)
     images = np.concatenate([images[alive], images[~alive]])  # surviving units first

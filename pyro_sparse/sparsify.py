@@ -58,7 +58,7 @@ from torch.func import functional_call
 
 from pyro_sparse.models.architectures import Classifier
 
-from .distributions import LogUniform, log_alpha
+from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
@@ -100,7 +100,7 @@ def _log_uniform(shape: torch.Size):
 
 def _log_alpha_keep(q, threshold: float) -> torch.Tensor:
     """Molchanov et al. 2017, Sec. 4.3: keep the weights with ``log α = log σ² − log θ² < threshold``."""
-    return log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)) < threshold
+    return normal_log_alpha(q) < threshold
 
 
 METHODS: dict[str, Method] = {
@@ -321,23 +321,27 @@ class SparseModel(Classifier):
                     w = w.view_as(w) if w.is_leaf and w.requires_grad else w  # never tag a parameter
                     setattr(w, CLIP_TAG, site.train_clip)
                 overrides[f"{path}.weight"] = w
-        handles = self._attach_units(test, posterior)
+        # one read of self.net per call: each read of a plain nn.Module attribute of a PyroModule emits a param
+        # statement for every parameter of it (Pyro's module statement)
+        net = self.net
+        handles = self._attach_units(net, test, posterior)
         try:
             if not overrides:
-                return self.net(x)
+                return net(x)
             with LocalOps():
-                return functional_call(self.net, overrides, (x,), strict=False)
+                return functional_call(net, overrides, (x,), strict=False)
         finally:
             for h in handles:
                 h.remove()
 
-    def _attach_units(self, test: bool, posterior: dict) -> list:
+    def _attach_units(self, net: nn.Module, test: bool, posterior: dict) -> list:
         cache: dict[str, torch.Tensor] = {}
         handles = []
+        units = self.units
         for key, places in self.placements.items():
-            unit = self.units[key]
+            unit = units[key]
             for p in places:
-                module = self.net.get_submodule(p.module)
+                module = net.get_submodule(p.module)
 
                 def apply(t, key=key, unit=unit, p=p):
                     m = cache.get(key)

@@ -2,7 +2,7 @@
 
 from . import kl
 from .beta1 import Beta1
-from .kl import kl_normal_log_uniform_from_log_alpha, kumaraswamy_expected_log1m, log_alpha
+from .kl import kl_normal_log_uniform_from_log_alpha, kumaraswamy_expected_log1m, log_alpha, normal_log_alpha
 from .kumaraswamy import Kumaraswamy
 from .log_uniform import LogUniform
 from .truncated import TruncatedLogNormal, TruncatedLogUniform
@@ -17,4 +17,5 @@ __all__ = [
     "kl_normal_log_uniform_from_log_alpha",
     "kumaraswamy_expected_log1m",
     "log_alpha",
+    "normal_log_alpha",
 ]

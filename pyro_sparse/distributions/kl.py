@@ -23,15 +23,22 @@ EULER_GAMMA = 0.5772156649015329
 KUMARASWAMY_SERIES_TERMS = 512
 
 
-def log_alpha(loc: torch.Tensor, scale: torch.Tensor, eps: float = 1e-8,
+def log_alpha(loc: torch.Tensor, scale: torch.Tensor | None, eps: float = 1e-8,
               log_variance: torch.Tensor | None = None) -> torch.Tensor:
     """Dropout rate ``log α = log σ² − log θ²`` of a Gaussian weight posterior N(θ, σ²) (Molchanov 2017, Sec. 4.1).
 
-    ``eps`` keeps θ = 0 finite; ``log_variance`` (log σ², if known) saves recomputing it from ``scale``.
+    ``eps`` keeps θ = 0 finite; ``log_variance`` (log σ², if known) is used instead of ``scale`` (then ``None``).
     Shape: broadcast of ``loc`` and ``scale``.
     """
     log_var = 2 * torch.log(scale) if log_variance is None else log_variance
     return log_var - torch.log(loc * loc + eps)
+
+
+def normal_log_alpha(q: Normal) -> torch.Tensor:
+    """:func:`log_alpha` of a Gaussian guide ``q``; reads ``q.log_variance`` where ``q`` has one (the SVD guide's
+    :class:`~guides.svd.LogVarianceNormal`), so that ``q.scale`` is never computed for it. Shape: ``q.batch_shape``."""
+    log_var = getattr(q, "log_variance", None)
+    return log_alpha(q.loc, q.scale if log_var is None else None, log_variance=log_var)
 
 
 def kl_normal_log_uniform_from_log_alpha(la: torch.Tensor) -> torch.Tensor:
@@ -44,7 +51,7 @@ def kl_normal_log_uniform_from_log_alpha(la: torch.Tensor) -> torch.Tensor:
 
 @register_kl(Normal, LogUniform)
 def _kl_normal_log_uniform(q: Normal, p: LogUniform) -> torch.Tensor:
-    kl = kl_normal_log_uniform_from_log_alpha(log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)))
+    kl = kl_normal_log_uniform_from_log_alpha(normal_log_alpha(q))
     return kl.expand(torch.broadcast_shapes(kl.shape, p.batch_shape))
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import Kumaraswamy as _Kumaraswamy
+from torch.distributions import Distribution, Uniform
+from torch.distributions.transforms import AffineTransform, PowerTransform
+from torch.distributions.utils import broadcast_all
 
 #: u is drawn from U(EPS, 1 − EPS) so that log u and log(1 − u^{1/b}) stay finite
 EPS = 1e-6
@@ -24,7 +27,46 @@ class Kumaraswamy(_Kumaraswamy):
     itself, which Pyro's stock ELBOs evaluate (and warn about) even though the analytic KL never uses it. The BB
     gate clamps π to ``[1e-6, 1 − 1e-6]`` anyway, so training is unaffected.
     Shapes: ``rsample(sample_shape)`` → ``sample_shape + batch_shape``, values in ``(0, 1)``.
+
+    Construction is cheap (it runs every training step per gate site): torch's uniform base and transform chain,
+    which nothing here uses, are built only if something reads ``base_dist`` or ``transforms``.
     """
+
+    def __init__(self, concentration1, concentration0, validate_args: bool | None = None):
+        self.concentration1, self.concentration0 = broadcast_all(concentration1, concentration0)
+        Distribution.__init__(self, self.concentration1.shape, torch.Size(), validate_args=validate_args)
+
+    def _chain(self):
+        """torch's representation: ``Uniform(0, 1)`` through ``u^(1/b)``, ``1 − ·``, ``·^(1/a)`` (built lazily)."""
+        chain = self.__dict__.get("_chain_cache")
+        if chain is None:
+            zero = torch.zeros_like(self.concentration0)
+            chain = self.__dict__["_chain_cache"] = (
+                Uniform(zero, zero + 1, validate_args=False),
+                [PowerTransform(self.concentration0.reciprocal()), AffineTransform(1.0, -1.0),
+                 PowerTransform(self.concentration1.reciprocal())])
+        return chain
+
+    @property
+    def base_dist(self):
+        return self._chain()[0]
+
+    @property
+    def transforms(self):
+        return self._chain()[1]
+
+    def expand(self, batch_shape, _instance=None) -> Kumaraswamy:
+        batch_shape = torch.Size(batch_shape)
+        return type(self)(self.concentration1.expand(batch_shape), self.concentration0.expand(batch_shape),
+                          validate_args=False)
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """``1 − (1 − π^a)^b``."""
+        return 1 - (1 - value.pow(self.concentration1)).pow(self.concentration0)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """``(1 − (1 − p)^(1/b))^(1/a)``."""
+        return (1 - (1 - value).pow(self.concentration0.reciprocal())).pow(self.concentration1.reciprocal())
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)

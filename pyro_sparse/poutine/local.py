@@ -100,9 +100,9 @@ def _mean_weight(q: Normal, clip_threshold: float | None) -> torch.Tensor:
     """
     if clip_threshold is None:
         return q.loc
-    from ..distributions import log_alpha
+    from ..distributions import normal_log_alpha
 
-    pruned = log_alpha(q.loc, q.scale, log_variance=getattr(q, "log_variance", None)).detach() >= clip_threshold
+    pruned = normal_log_alpha(q).detach() >= clip_threshold
     return q.loc.masked_fill(pruned, 0.0)
 
 
