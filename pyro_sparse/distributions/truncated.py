@@ -119,7 +119,7 @@ class _UnitParts(torch.autograd.Function):
         tail_hi = torch.where(tail, hi, -_TAIL)
         ctx.save_for_backward(s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped)
         ctx.dtypes = (loc.dtype, scale.dtype)
-        ref = hi_n.clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Inverse)
+        ref = hi_n.clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Draw)
         ctx.mark_non_differentiable(tail, ref)
         return (entropy.to(dtype), p_lo, p_hi - p_lo, tail_hi.to(dtype), (1.0 / -tail_hi).to(dtype),
                 (sign * s).to(dtype), tail, ref)
@@ -141,29 +141,44 @@ class _UnitParts(torch.autograd.Function):
         return g_mu.to(ctx.dtypes[0]), g_s.to(ctx.dtypes[1]), None, None
 
 
-class _Inverse(torch.autograd.Function):
-    """``x = Φ⁻¹(p_lo + u·p_width)`` per draw: the inversion in float64, ``x`` in the dtype of ``u``; the backward in
-    that dtype too. ``∂x/∂p_lo = 1/φ(x)`` and ``∂x/∂p_width = u/φ(x)`` overflow float32 in the tails, so they are
-    summed over the draws as ``e^{(x² − c²)/2}`` (bounded: ``c = min(hi, 0)`` is where φ is largest on the interval,
-    and ``u >= 2⁻²⁵`` keeps x within ~6 sd of it) and scaled per unit by ``√(2π)·e^{c²/2}`` in float64.
-    Shapes: ``u``, ``x``: ``[*sample, *batch]``; ``p_lo``, ``p_width``, ``c``: ``[*batch]``."""
+class _Draw(torch.autograd.Function):
+    """Per-example draws ``θ = exp(clamp(μ + sign·σ·x, a, b))`` of one step as one autograd node: the inverse CDF
+    ``x = Φ⁻¹(p_lo + u·p_width)`` (the inversion in float64, ``x`` in the dtype of ``u``) or, where the unit's interval
+    lies beyond 35 sd (``tail``), the exponential limit ``x = hi + log(u)·inv_rate``.
+
+    Backward in the dtype of ``u``, analytic: ``∂θ/∂log θ = θ``; the clamp only catches rounding at the bounds and
+    passes the gradient through; ``∂x/∂p_lo = 1/φ(x)`` and ``∂x/∂p_width = u/φ(x)`` overflow float32 in the tails,
+    so they are summed over the draws as ``e^{(x² − c²)/2}`` (bounded: ``c = min(hi, 0)`` is where φ is largest on the
+    interval — ``hi`` itself for tail units — and ``u >= 2⁻²⁵`` keeps x within ~6 sd of it) and scaled per unit by
+    ``√(2π)·e^{c²/2}`` in float64; tail units: ``∂x/∂hi = 1``, ``∂x/∂inv_rate = log u``.
+    Shapes: ``u``, ``θ``: ``[*sample, *batch]``; every other argument ``[*batch]``.
+    """
 
     @staticmethod
-    def forward(ctx, u, p_lo, p_width, ref):
+    def forward(ctx, u, p_lo, p_width, ref, tail, tail_hi, inv_rate, loc, signed_scale, a, b):
         x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(u.dtype)
-        ctx.save_for_backward(u, x, ref)
-        return x
+        log_u = torch.log(u)
+        x = torch.where(tail, torch.addcmul(tail_hi, log_u, inv_rate), x)
+        theta = torch.addcmul(loc, signed_scale, x).clamp_(a, b).exp_()
+        ctx.save_for_backward(u, log_u, x, theta, ref, tail, tail_hi, signed_scale)
+        return theta
 
     @staticmethod
     def backward(ctx, g):
-        u, x, ref = ctx.saved_tensors
-        c = ref.to(x.dtype)
-        gw = g * torch.exp(0.5 * (x * x - c * c))
+        u, log_u, x, theta, ref, tail, tail_hi, signed_scale = ctx.saved_tensors
         shape = ref.shape
-        unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref)
-        g_lo = gw.sum_to_size(shape).to(ref.dtype) * unit_scale
-        g_width = (gw * u).sum_to_size(shape).to(ref.dtype) * unit_scale
-        return None, g_lo, g_width, None
+        g_log = g * theta
+        g_loc = g_log.sum_to_size(shape)
+        g_signed_scale = (g_log * x).sum_to_size(shape)
+        g_x = g_log * signed_scale
+        c = torch.where(tail, tail_hi, ref.to(x.dtype))
+        gw = g_x * torch.exp(0.5 * (x - c) * (x + c))
+        unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref)  # ref is finite and bounded off the tail
+        g_lo = torch.where(tail, 0.0, gw.sum_to_size(shape).to(ref.dtype) * unit_scale)
+        g_width = torch.where(tail, 0.0, (gw * u).sum_to_size(shape).to(ref.dtype) * unit_scale)
+        g_hi = torch.where(tail, g_loc * signed_scale, 0.0)
+        g_inv_rate = torch.where(tail, (g_log * log_u).sum_to_size(shape) * signed_scale, 0.0)
+        return None, g_lo, g_width, None, None, g_hi, g_inv_rate, g_loc, g_signed_scale, None, None
 
 
 class TruncatedLogUniform(TorchDistribution):
@@ -296,10 +311,8 @@ class TruncatedLogNormal(TorchDistribution):
         _, p_lo, p_width, tail, hi, inv_rate, signed_scale, ref = self._unit_parts()
         dtype = self.loc.dtype
         u = torch.rand(shape, dtype=dtype, device=p_lo.device).clamp_(_U_MIN, 1.0)
-        x = _Inverse.apply(u, p_lo, p_width, ref)
-        x = torch.where(tail, torch.addcmul(hi, torch.log(u), inv_rate), x)
         # x in [lo, hi] is log θ in [a, b]: one clamp, after the affine map, keeps rounding inside the bounds
-        return torch.clamp(torch.addcmul(self.loc, signed_scale, x), self.a, self.b).exp()
+        return _Draw.apply(u, p_lo, p_width, ref, tail, hi, inv_rate, self.loc, signed_scale, self.a, self.b)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         loc, scale, alpha, beta = self._std()
