@@ -64,6 +64,18 @@ def latent_sites(model: nn.Module):
             yield (f"{name}.{attr}" if name else attr), module, attr, prior
 
 
+def _prepare_together(qs: list) -> None:
+    """Let each distribution type that defines ``prepare_together(dists)`` compute what a step needs for all its
+    sites at once (e.g. :meth:`~pyro_sparse.distributions.TruncatedLogNormal.prepare_together`: one autograd node
+    for every SBP site's per-unit parts instead of one per site)."""
+    by_type: dict[type, list] = {}
+    for q in qs:
+        if hasattr(type(q), "prepare_together"):
+            by_type.setdefault(type(q), []).append(q)
+    for kind, group in by_type.items():
+        kind.prepare_together(group)
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -125,9 +137,10 @@ class MeanFieldGuide(PyroModule):
         if msngr is not None:
             msngr.__enter__()
         try:
+            qs = [self.posterior(name) for name in self._names]
+            _prepare_together(qs)
             out = {}
-            for name in self._names:
-                q = self.posterior(name)
+            for name, q in zip(self._names, qs, strict=True):
                 out[name] = pyro.sample(name, q.to_event(q.batch_shape.__len__()))
             return out
         finally:

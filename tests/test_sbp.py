@@ -205,3 +205,44 @@ def test_exponential_tail_draws_and_gradients(monkeypatch):
     for a, b in zip(torch.autograd.grad((log_theta * w).sum(), (loc, scale)),
                     torch.autograd.grad((ref * w).sum(), (loc, scale)), strict=True):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_parts_prepared_together_equal_separate_ones():
+    """``prepare_together`` (one fused call for several sites, as the guide makes it) gives each distribution the
+    entropy, draws and gradients it computes on its own; distributions already prepared are left alone."""
+    torch.manual_seed(0)
+    params = [(torch.randn(k).mul(3).requires_grad_(), torch.rand(k).add(0.01).requires_grad_()) for k in (5, 3, 7)]
+    results = []
+    for together in (False, True):
+        qs = [TruncatedLogNormal(loc, scale) for loc, scale in params]
+        if together:
+            TruncatedLogNormal.prepare_together(qs)
+            assert all("_unit_cache" in q.__dict__ for q in qs)
+        torch.manual_seed(1)
+        total = sum((q.entropy().sum() + q.rsample((4,)).log().sum()) for q in qs)
+        grads = torch.autograd.grad(total, [t for pair in params for t in pair])
+        results.append((total.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    q = TruncatedLogNormal(*params[0])
+    parts = q._unit_parts()
+    TruncatedLogNormal.prepare_together([q, TruncatedLogNormal(*params[1])])
+    assert q._unit_parts() is parts
+
+
+def test_guide_prepares_its_sbp_sites_together():
+    from pyro import poutine
+    from pyro_sparse.guides import MeanFieldGuide
+
+    from pyro_sparse import sparsify
+    from pyro_sparse.poutine.local import base_distribution
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 3))
+    model = sparsify(net, "sbp", torch.zeros(2, 6), num_data=10)
+    trace = poutine.trace(MeanFieldGuide(model)).get_trace(torch.zeros(2, 6), None)
+    qs = [base_distribution(s["fn"]) for s in trace.nodes.values() if s["type"] == "sample"]
+    assert len(qs) == 3
+    nodes = {q.__dict__["_unit_cache"][0].grad_fn.next_functions[0][0] for q in qs}
+    assert len(nodes) == 1  # the entropies are views of one fused node's output

@@ -286,15 +286,31 @@ class TruncatedLogNormal(TorchDistribution):
 
     def _unit_parts(self):
         """Per-unit parts of one training step (cached while the parameters are unchanged): the entropy (dtype of
-        ``loc``), and for :meth:`rsample` ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (float64), the tail mask, ``hi`` and ``1/|hi|``
-        of the exponential tail and ``sign·σ`` (dtype of ``loc``). One fused :class:`_UnitParts` call."""
+        ``loc``), and for :meth:`rsample` ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (float64), ``hi`` and ``1/|hi|`` of the
+        exponential tail, ``sign·σ`` (dtype of ``loc``), the tail mask and the gradient scale of the inversion. One
+        fused :class:`_UnitParts` call, or a share of one (:meth:`prepare_together`)."""
         cached = self._cached("_unit_cache")
         if cached is None:
-            entropy, p_lo, p_width, tail_hi, inv_rate, signed_scale, tail, ref = _UnitParts.apply(
-                self.loc, self.scale, self.a, self.b)
-            cached = self.__dict__["_unit_cache"] = (entropy, p_lo, p_width, tail, tail_hi, inv_rate, signed_scale,
-                                                     ref)
+            cached = self.__dict__["_unit_cache"] = _UnitParts.apply(self.loc, self.scale, self.a, self.b)
         return cached
+
+    @staticmethod
+    def prepare_together(dists: list[TruncatedLogNormal]) -> None:
+        """Compute the per-unit parts of all ``dists`` (those of one dtype and device together) in one
+        :class:`_UnitParts` call and cache each one's share: one autograd node per step instead of one per site
+        (``MeanFieldGuide`` calls it for its SBP sites; values and gradients are those of separate calls)."""
+        groups: dict[tuple, list[TruncatedLogNormal]] = {}
+        for d in dists:
+            if d._cached("_unit_cache") is None:
+                groups.setdefault((d.loc.dtype, d.loc.device), []).append(d)
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            sizes = [d.loc.numel() for d in group]
+            flat = [torch.cat([getattr(d, k).reshape(-1) for d in group]) for k in ("loc", "scale", "a", "b")]
+            parts = [p.split(sizes) for p in _UnitParts.apply(*flat)]
+            for i, d in enumerate(group):
+                d.__dict__["_unit_cache"] = tuple(p[i].view(d.loc.shape) for p in parts)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Inverse-CDF sample ``log θ = μ + σ·Φ⁻¹(Φ(α) + u·Z)``, clipped to ``[a, b]`` (METHODS.md §2).
@@ -308,7 +324,7 @@ class TruncatedLogNormal(TorchDistribution):
         affine map to log θ and the exponential run in the parameters' dtype.
         """
         shape = self._extended_shape(sample_shape)
-        _, p_lo, p_width, tail, hi, inv_rate, signed_scale, ref = self._unit_parts()
+        _, p_lo, p_width, hi, inv_rate, signed_scale, tail, ref = self._unit_parts()
         dtype = self.loc.dtype
         u = torch.rand(shape, dtype=dtype, device=p_lo.device).clamp_(_U_MIN, 1.0)
         # x in [lo, hi] is log θ in [a, b]: one clamp, after the affine map, keeps rounding inside the bounds
