@@ -286,3 +286,29 @@ def test_compact_refuses_a_network_it_would_change():
     force_prune(guide)
     with pytest.raises(CompactMismatchError, match="differs from the eval-mode model"):
         compact(model, guide, probe=x)
+
+
+@pytest.mark.parametrize("method, site", [("sbp", "theta"), ("bb", "pi"), ("dbb", "beta")])
+def test_unit_priors_are_reused_until_their_buffers_change(method, site):
+    """A unit's prior is built once and reused by later traces; loading other buffer values or changing the dtype
+    rebuilds it from the new buffers (so the trace never sees a stale prior)."""
+    from pyro import poutine
+
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model = sparsify(net, method, torch.zeros(2, 6), num_data=10)
+    x = torch.rand(4, 6)
+    name = next(n for n in poutine.trace(model).get_trace(x).nodes if n.endswith(f".{site}"))
+    prior = lambda m, x=x: poutine.trace(m).get_trace(x).nodes[name]["fn"]  # noqa: E731
+    first = prior(model)
+    assert prior(model) is first
+    bound = {"theta": lambda d: d.base_dist.a, "pi": lambda d: d.base_dist.concentration1,
+             "beta": lambda d: d.base_dist.scale}[site]
+    before = bound(first).clone()
+    state = model.state_dict()
+    key = next(k for k in state if k.endswith({"theta": ".a", "pi": ".alpha_over_k", "beta": ".rho"}[site]))
+    state[key] = state[key] - 1.0
+    model.load_state_dict(state)
+    rebuilt = prior(model)
+    assert rebuilt is not first
+    assert torch.allclose(bound(rebuilt), before - 1.0)
+    assert bound(prior(model.double(), x.double())).dtype == torch.float64

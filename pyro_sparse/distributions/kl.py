@@ -52,7 +52,7 @@ def kl_normal_log_uniform_from_log_alpha(la: torch.Tensor) -> torch.Tensor:
 @register_kl(Normal, LogUniform)
 def _kl_normal_log_uniform(q: Normal, p: LogUniform) -> torch.Tensor:
     kl = kl_normal_log_uniform_from_log_alpha(normal_log_alpha(q))
-    return kl.expand(torch.broadcast_shapes(kl.shape, p.batch_shape))
+    return kl if kl.shape == p.batch_shape else kl.expand(torch.broadcast_shapes(kl.shape, p.batch_shape))
 
 
 @register_kl(TruncatedLogNormal, TruncatedLogUniform)

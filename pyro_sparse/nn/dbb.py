@@ -51,10 +51,12 @@ class DBBGate(BBGate):
         self.register_buffer("running_std", torch.ones(num_units))
         self.register_buffer("num_batches", torch.tensor(0))
         self.register_buffer("beta_init", torch.ones(num_units), persistent=False)  # gates open at the start
-        self.beta = PyroSample(
-            lambda self: Normal(torch.zeros_like(self.running_mean), self.rho.expand(self.num_units),
-                                validate_args=False).to_event(1)
-        )
+        self.beta = PyroSample(lambda self: self.cached_prior("beta", self.beta_prior, self.rho))
+
+    def beta_prior(self):
+        """``N(0, ρ²)`` per unit, event shape ``[K]``."""
+        return Normal(torch.zeros_like(self.rho).expand(self.num_units), self.rho.expand(self.num_units),
+                      validate_args=False).to_event(1)
 
     def factor(self, h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """``clamp(γ (h − μ)/s + β, ε, 1 − ε)``, shape ``[B, K]``."""
@@ -69,7 +71,7 @@ class DBBGate(BBGate):
                 weight = torch.where(self.num_batches == 0, 1.0, self.momentum).to(m.dtype)
                 self.running_mean.lerp_(m, weight)
                 self.running_std.lerp_(s, weight)
-                self.num_batches += 1
+                self.num_batches.add_(1)  # in place: no module attribute is set
         pi = local_sample(self.pi, x.shape[0])
         beta = local_sample(self.beta, x.shape[0])
         return self.gate(pi * self.factor(h, beta))

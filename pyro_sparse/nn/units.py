@@ -32,6 +32,26 @@ class UnitModule(PyroModule):
         super().__init__()
         self.num_units = num_units
 
+    def cached_prior(self, name: str, make, *sources: torch.Tensor):
+        """The prior ``make()`` of latent ``name``, built once and reused while its ``sources`` (the buffers it is
+        built from) are the same tensors with the same contents (a device move, ``load_state_dict`` or dtype
+        change rebuilds it): a ``PyroSample`` prior is otherwise rebuilt at every step (torch's ``Beta`` stacks
+        its concentrations into a ``Dirichlet`` each time)."""
+        cache = self.__dict__.setdefault("_prior_cache", {})
+        key = tuple((t, t._version) for t in sources)
+        hit = cache.get(name)
+        if hit is not None and len(hit[0]) == len(key) and all(
+                a is b and va == vb for (a, va), (b, vb) in zip(hit[0], key, strict=True)):
+            return hit[1]
+        prior = make()
+        cache[name] = (key, prior)
+        return prior
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_prior_cache", None)  # deep copies and pickles rebuild their priors from their own buffers
+        return state
+
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.num_units:
             raise ValueError(
@@ -75,9 +95,11 @@ class SBPNoise(UnitModule):
         self.register_buffer("a", torch.tensor(float(a)))
         self.register_buffer("b", torch.tensor(float(b)))
         # checked above once; validate_args=False keeps the per-step prior free of host reads
-        self.theta = PyroSample(
-            lambda self: TruncatedLogUniform(self.a, self.b, validate_args=False).expand([self.num_units]).to_event(1)
-        )
+        self.theta = PyroSample(lambda self: self.cached_prior("theta", self.theta_prior, self.a, self.b))
+
+    def theta_prior(self):
+        """``TruncatedLogUniform(a, b)`` per unit, event shape ``[K]``."""
+        return TruncatedLogUniform(self.a, self.b, validate_args=False).expand([self.num_units]).to_event(1)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
         return local_sample(self.theta, x.shape[0])
@@ -110,9 +132,11 @@ class BBGate(UnitModule):
         self.register_buffer("alpha_over_k", torch.tensor(float(alpha_over_k)))
         if not float(alpha_over_k) > 0:
             raise ValueError(f"alpha_over_k must be > 0, got {alpha_over_k}")
-        self.pi = PyroSample(
-            lambda self: Beta1(self.alpha_over_k, validate_args=False).expand([self.num_units]).to_event(1)
-        )
+        self.pi = PyroSample(lambda self: self.cached_prior("pi", self.pi_prior, self.alpha_over_k))
+
+    def pi_prior(self):
+        """``Beta(α/K, 1)`` per unit, event shape ``[K]``."""
+        return Beta1(self.alpha_over_k, validate_args=False).expand([self.num_units]).to_event(1)
 
     def gate(self, pi: torch.Tensor) -> torch.Tensor:
         """Relaxed Bernoulli gate with keep probability ``pi`` (any shape): ``RelaxedBernoulli(τ, π).rsample()``
