@@ -94,50 +94,62 @@ class _UnitParts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, loc, scale, a, b):
+        # the pair (lo, hi) is one [2, K] tensor wherever both bounds get the same operation
         dtype = loc.dtype
         mu, s = loc.double(), scale.double()
-        alpha, beta = (a.double() - mu) / s, (b.double() - mu) / s
-        flip = alpha > 0
-        sign = torch.where(flip, -1.0, 1.0).to(mu.dtype)
-        lo, hi = torch.where(flip, -beta, alpha), torch.where(flip, -alpha, beta)
+        std = (torch.stack([a, b]).double() - mu) / s  # rows α, β
+        flip = std[0] > 0
+        lohi = torch.where(flip, -std.flip(0), std)  # rows lo, hi
+        lo, hi = lohi.unbind(0)
         far, tail = hi < -_FAR, hi < -_TAIL
         clamped = lo < -1e4  # Φ(lo) is negligible next to Φ(hi) there
+        lo_out, lo_off = far | clamped, tail | clamped  # where lo drops out of the entropy / of the sampler
         # stand-ins where the sampler takes the exponential tail (hi < −35: they keep log Φ and its exponential
         # finite; the entropy uses its series there, as from −30 on)
-        lo_n, hi_n = torch.where(tail | clamped, -1e4, lo), torch.where(tail, -1.0, hi)
-        l_lo, l_hi = torch.special.log_ndtr(lo_n), torch.special.log_ndtr(hi_n)
-        log_z = l_hi + torch.log(-torch.expm1(l_lo - l_hi))
-        log_pdf_lo, log_pdf_hi = _std_normal_log_pdf(lo_n), _std_normal_log_pdf(hi_n)
-        A, B = torch.exp(log_pdf_lo - log_z), torch.exp(log_pdf_hi - log_z)
-        D = 0.5 * (lo_n * A - hi_n * B)
-        inv2 = 1.0 / torch.where(far, hi, -_FAR) ** 2  # 1/hi², a stand-in where not far
-        h_far = 1.0 - 0.5 * torch.log(torch.where(far, hi * hi, _FAR**2)) - 2.0 * inv2 + 7.5 * inv2 * inv2
+        n = torch.stack([torch.where(lo_off, -1e4, lo), torch.where(tail, -1.0, hi)])
+        log_cdf = torch.special.log_ndtr(n)
+        log_z = log_cdf[1] + torch.log(-torch.expm1(log_cdf[0] - log_cdf[1]))
+        log_pdf = -0.5 * n * n - _LOG_SQRT_2PI
+        ab = torch.exp(log_pdf - log_z)  # rows A = φ(lo)/Z, B = φ(hi)/Z
+        n_ab = n * ab
+        D = 0.5 * (n_ab[0] - n_ab[1])
+        hi_far = torch.where(far, hi, -_FAR)  # a stand-in where not far
+        inv2 = 1.0 / (hi_far * hi_far)
+        h_far = 1.0 - torch.log(-hi_far) - inv2 * (2.0 - 7.5 * inv2)
         h = torch.where(far, h_far, 0.5 * math.log(2 * math.pi * math.e) + log_z + D)
         entropy = torch.log(s) + h
-        p_lo = torch.where(tail, 0.0, torch.exp(l_lo))
-        p_hi = torch.where(tail, _NDTR_M1, torch.exp(l_hi))
+        cdf = torch.exp(log_cdf)
+        p_lo = torch.where(tail, 0.0, cdf[0])
+        p_width = torch.where(tail, _NDTR_M1, cdf[1]) - p_lo
         tail_hi = torch.where(tail, hi, -_TAIL)
-        ctx.save_for_backward(s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped)
+        ctx.save_for_backward(s, flip, lohi, n, ab, D, log_pdf, hi_far, far, tail, lo_out, lo_off)
         ctx.dtypes = (loc.dtype, scale.dtype)
-        ref = hi_n.clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Draw)
+        ref = n[1].clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Draw)
         ctx.mark_non_differentiable(tail, ref)
-        return (entropy.to(dtype), p_lo, p_hi - p_lo, tail_hi.to(dtype), (1.0 / -tail_hi).to(dtype),
-                (sign * s).to(dtype), tail, ref)
+        return (entropy.to(dtype), p_lo, p_width, tail_hi.to(dtype), (-tail_hi).reciprocal().to(dtype),
+                torch.where(flip, -s, s).to(dtype), tail, ref)
 
     @staticmethod
     def backward(ctx, g_entropy, g_p_lo, g_p_width, g_tail_hi, g_inv_rate, g_signed_scale, _, __):
-        s, sign, lo, hi, lo_n, hi_n, A, B, D, log_pdf_lo, log_pdf_hi, far, tail, clamped = ctx.saved_tensors
+        s, flip, lohi, n, ab, D, log_pdf, hi_far, far, tail, lo_out, lo_off = ctx.saved_tensors
+        lo, hi = lohi.unbind(0)
         g_h = g_entropy.double()
-        g_lo = torch.where(far | clamped, 0.0, g_h * A * (D - 0.5 * (1 + lo_n * lo_n)))
-        inv = 1.0 / torch.where(far, hi, -_FAR)
-        g_hi = torch.where(far, g_h * (-inv + 4.0 * inv**3 - 30.0 * inv**5), g_h * B * (0.5 * (1 + hi_n * hi_n) - D))
+        # entropy: rows A·(D − (1 + lo²)/2) and −B·(D − (1 + hi²)/2); far: the series' derivative in 1/hi
+        core = ab * (D - 0.5 * (1 + n * n))
+        inv = 1.0 / hi_far
+        inv2 = inv * inv
+        series = inv * (inv2 * (4.0 - 30.0 * inv2) - 1.0)
+        g_lo = torch.where(lo_out, 0.0, g_h * core[0])
+        g_hi = g_h * torch.where(far, series, -core[1])
         # sampler: Φ(lo), Φ(hi) − Φ(lo) where not in the exponential tail; hi and −1/hi there
         g_pw = g_p_width.double()
-        g_lo = g_lo + torch.where(tail | clamped, 0.0, (g_p_lo.double() - g_pw) * torch.exp(log_pdf_lo))
-        g_tail = g_tail_hi.double() + g_inv_rate.double() / (hi * hi)
-        g_hi = g_hi + torch.where(tail, g_tail, g_pw * torch.exp(log_pdf_hi))
-        g_mu = -sign / s * (g_lo + g_hi)
-        g_s = (g_h - lo * g_lo - hi * g_hi) / s + sign * g_signed_scale.double()
+        pdf = torch.exp(log_pdf)
+        g_lo = g_lo + torch.where(lo_off, 0.0, (g_p_lo.double() - g_pw) * pdf[0])
+        g_hi = g_hi + torch.where(tail, g_tail_hi.double() + g_inv_rate.double() / (hi * hi), g_pw * pdf[1])
+        g_sum = g_lo + g_hi
+        g_mu = torch.where(flip, g_sum, -g_sum) / s  # ∂lo/∂μ = ∂hi/∂μ = −sign/σ
+        g_ss = g_signed_scale.double()
+        g_s = (g_h - lo * g_lo - hi * g_hi) / s + torch.where(flip, -g_ss, g_ss)
         return g_mu.to(ctx.dtypes[0]), g_s.to(ctx.dtypes[1]), None, None
 
 
