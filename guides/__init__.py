@@ -137,7 +137,9 @@ class MeanFieldGuide(PyroModule):
         if msngr is not None:
             msngr.__enter__()
         try:
-            qs = [self.posterior(name) for name in self._names]
+            with self._pyro_context:  # one context for every site's parameters (what posterior() does per site)
+                sites = self.sites
+                qs = [sites[_key(name)].distribution() for name in self._names]
             _prepare_together(qs)
             out = {}
             for name, q in zip(self._names, qs, strict=True):

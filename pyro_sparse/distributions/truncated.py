@@ -322,7 +322,8 @@ class TruncatedLogNormal(TorchDistribution):
             flat = [torch.cat([getattr(d, k).reshape(-1) for d in group]) for k in ("loc", "scale", "a", "b")]
             parts = [p.split(sizes) for p in _UnitParts.apply(*flat)]
             for i, d in enumerate(group):
-                d.__dict__["_unit_cache"] = tuple(p[i].view(d.loc.shape) for p in parts)
+                shape = d.loc.shape
+                d.__dict__["_unit_cache"] = tuple(p[i] if p[i].shape == shape else p[i].view(shape) for p in parts)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Inverse-CDF sample ``log θ = μ + σ·Φ⁻¹(Φ(α) + u·Z)``, clipped to ``[a, b]`` (METHODS.md §2).
