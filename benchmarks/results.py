@@ -256,13 +256,20 @@ def _step_speed_section() -> list[str]:
             "relaxed Bernoulli sample is written out op for op; the SVD guide computes σ only when read. The "
             "skipped global draws change every method's random stream and SBP draws through another (exact) "
             "inversion, so a rerun of the LeNet tables above, measured with the earlier code, gives statistically "
-            "rather than bitwise the same numbers. What "
-            "remains, largest on the small MLP where a step is ~15 ms: Pyro's tracing of guide and model (a "
-            "`pyro.param` statement for every variational parameter read, trace bookkeeping) and the float64 "
-            "per-draw inversion of SBP. Ratios move between runs of this script on this VM by about 0.1 "
-            "(LeNet-500-300 SBP: 1.29× to 1.56× over the runs made today, with the changes listed above in between; "
-            "LeNet-500-300 SVD, unchanged code: 1.05× and 1.16× in the last two), "
-            "more than the last of those changes moved them.", ""]
+            "rather than bitwise the same numbers. Then (this table; the previous run met 3 of 12, 1.00–1.29×): "
+            "the SBP draws are one autograd node with analytic gradients (`_Draw`: inverse CDF or exponential tail, "
+            "affine map, clamp, exponential) and the guide computes every SBP site's per-unit parts in one node "
+            "(`TruncatedLogNormal.prepare_together`); the Kumaraswamy guide no longer builds torch's transform "
+            "chain at every step; unit priors are built once while their buffers are unchanged "
+            "(`UnitModule.cached_prior`); the SVD KL reads log σ² without computing σ; the model reads its network "
+            "once per call (each read of a plain `nn.Module` held by a `PyroModule` emits a param statement per "
+            "parameter) and the guide reads all its parameters in one Pyro context. What remains is a cost per "
+            "step that does not grow with the layers: Pyro's tracing of guide and model, a param statement per "
+            "parameter read, the plate and the categorical likelihood, and SBP's float64 per-unit parts; it weighs "
+            "most on the shortest step here, LeNet-500-300 SBP (~20 ms). Ratios move between runs of this script "
+            "on this VM by about 0.05–0.1: that cell, 1.14× in this table, was 1.08× in a repeat right after "
+            "(`--nets lenet500 --methods sbp`, same options). Absolute times are those of this session's VM (the "
+            "convolutional nets ran ~2.5× slower than in the previous table).", ""]
     return out
 
 
