@@ -129,17 +129,20 @@ class MeanFieldGuide(PyroModule):
         """
         if _key(name) not in self.sites:
             raise KeyError(f"no latent site {name!r}; sites: {self._names}")
+        return self._posteriors([name])[0]
+
+    def _posteriors(self, names: list[str]) -> list:
+        """The guide distributions of ``names``, every site's parameters read in one Pyro context."""
         with self._pyro_context:
-            return self.sites[_key(name)].distribution()
+            sites = self.sites
+            return [sites[_key(name)].distribution() for name in names]
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         msngr = LocalReparameterizationMessenger(draw=self.global_draws) if self.local else None
         if msngr is not None:
             msngr.__enter__()
         try:
-            with self._pyro_context:  # one context for every site's parameters (what posterior() does per site)
-                sites = self.sites
-                qs = [sites[_key(name)].distribution() for name in self._names]
+            qs = self._posteriors(self._names)
             _prepare_together(qs)
             out = {}
             for name, q in zip(self._names, qs, strict=True):

@@ -234,3 +234,25 @@ def test_kumaraswamy_log_prob_is_the_density_and_finite_everywhere():
     x32 = Kumaraswamy(torch.full((1000,), 1e-4), torch.full((1000,), 1e3)).rsample()
     assert (x32 > 0).all() and (x32 < 1).all()
     assert torch.isfinite(dist.Beta(torch.tensor(1e-4), torch.tensor(1.0)).log_prob(x32)).all()
+
+
+def test_kumaraswamy_without_transform_chain_matches_torch():
+    """Our Kumaraswamy builds no transform chain at construction; what it writes out instead (``expand``, ``cdf``,
+    ``icdf``) and what it inherits (moments, entropy, the chain when read) equal torch's Kumaraswamy."""
+    from pyro_sparse.distributions import Kumaraswamy
+
+    a = torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64)
+    b = torch.tensor([0.8, 2.0, 30.0], dtype=torch.float64)
+    q, ref = Kumaraswamy(a, b), dist.Kumaraswamy(a, b)
+    assert "_chain_cache" not in q.__dict__
+    x = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    for ours, theirs in ((q.cdf(x), ref.cdf(x)), (q.icdf(x), ref.icdf(x)), (q.mean, ref.mean),
+                         (q.variance, ref.variance), (q.entropy(), ref.entropy())):
+        assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    e = q.expand([4, 3])
+    assert isinstance(e, Kumaraswamy) and e.batch_shape == (4, 3) and torch.equal(e.concentration0[2], b)
+    u = torch.tensor([0.2, 0.6, 0.9], dtype=torch.float64)
+    y = u
+    for t in q.transforms:  # the lazily built chain is torch's: u ↦ (1 − u^(1/b))^(1/a), the icdf of 1 − u
+        y = t(y)
+    assert torch.allclose(y, ref.icdf(1 - u), rtol=1e-10) and isinstance(q.base_dist, torch.distributions.Uniform)

@@ -40,8 +40,7 @@ class UnitModule(PyroModule):
         cache = self.__dict__.setdefault("_prior_cache", {})
         key = tuple((t, t._version) for t in sources)
         hit = cache.get(name)
-        if hit is not None and len(hit[0]) == len(key) and all(
-                a is b and va == vb for (a, va), (b, vb) in zip(hit[0], key, strict=True)):
+        if hit is not None and all(a is b and va == vb for (a, va), (b, vb) in zip(hit[0], key, strict=True)):
             return hit[1]
         prior = make()
         cache[name] = (key, prior)
