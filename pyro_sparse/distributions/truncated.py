@@ -23,7 +23,6 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _FAR = 30.0
 #: standardised bound beyond which the sampler takes the exponential limit (Φ(hi)·t stays a normal float64 up to 36)
 _TAIL = 35.0
-_NDTR_M1 = 0.15865525393145707  # Φ(−1): a harmless stand-in
 #: smallest uniform draw (float32 draws are multiples of 2⁻²⁴ and may be 0)
 _U_MIN = 2.0**-25
 
@@ -88,7 +87,8 @@ class _UnitParts(torch.autograd.Function):
       ``log σ + 1 − log|hi| − 2/hi² + 7.5/hi⁴`` (error < 1e-7). Gradients ``∂h/∂lo = A·(D − (1 + lo²)/2)``,
       ``∂h/∂hi = B·((1 + hi²)/2 − D)``, ``D = (lo·A − hi·B)/2`` (far: the series' derivative).
     - Sampler: ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (``∂Φ/∂x = φ``) where ``hi >= −35``; beyond, the exponential tail's
-      ``hi`` and ``1/|hi|``; ``sign·σ``.
+      ``hi`` and ``1/|hi|`` (and ``0.5, 0`` for the inversion, which then gives 0; the tail's pair is 0 elsewhere);
+      ``sign·σ``.
     - Chain rule: ``∂lo/∂μ = ∂hi/∂μ = −sign/σ``, ``∂lo/∂σ = −lo/σ``, ``∂hi/∂σ = −hi/σ``.
     """
 
@@ -119,14 +119,17 @@ class _UnitParts(torch.autograd.Function):
         h = torch.where(far, h_far, 0.5 * math.log(2 * math.pi * math.e) + log_z + D)
         entropy = torch.log(s) + h
         cdf = torch.exp(log_cdf)
-        p_lo = torch.where(tail, 0.0, cdf[0])
-        p_width = torch.where(tail, _NDTR_M1, cdf[1]) - p_lo
-        tail_hi = torch.where(tail, hi, -_TAIL)
+        # tail units invert Φ(0.5 + u·0) = 0 and take x from (tail_hi, inv_rate), which are 0 on every other unit:
+        # one formula for all units, x = Φ⁻¹(p_lo + u·p_width) + hi_t + log(u)·inv_rate (_Draw), without a select
+        p_lo = torch.where(tail, 0.5, cdf[0])
+        p_width = torch.where(tail, 0.5, cdf[1]) - p_lo
+        tail_hi = torch.where(tail, hi, 0.0)
+        inv_rate = torch.where(tail, tail_hi.reciprocal().neg_(), 0.0)
         ctx.save_for_backward(s, flip, lohi, n, ab, D, log_pdf, hi_far, far, tail, lo_out, lo_off)
         ctx.dtypes = (loc.dtype, scale.dtype)
         ref = n[1].clamp(max=0.0)  # where φ is largest on [lo, hi]: the inversion's gradient scale (_Draw)
         ctx.mark_non_differentiable(tail, ref)
-        return (entropy.to(dtype), p_lo, p_width, tail_hi.to(dtype), (-tail_hi).reciprocal().to(dtype),
+        return (entropy.to(dtype), p_lo, p_width, tail_hi.to(dtype), inv_rate.to(dtype),
                 torch.where(flip, -s, s).to(dtype), tail, ref)
 
     @staticmethod
@@ -156,22 +159,26 @@ class _UnitParts(torch.autograd.Function):
 class _Draw(torch.autograd.Function):
     """Per-example draws ``θ = exp(clamp(μ + sign·σ·x, a, b))`` of one step as one autograd node: the inverse CDF
     ``x = Φ⁻¹(p_lo + u·p_width)`` (the inversion in float64, ``x`` in the dtype of ``u``) or, where the unit's interval
-    lies beyond 35 sd (``tail``), the exponential limit ``x = hi + log(u)·inv_rate``.
+    lies beyond 35 sd (``tail``), the exponential limit ``x = hi + log(u)·inv_rate``. One formula serves both,
+    ``x = Φ⁻¹(p_lo + u·p_width) + hi_t + log(u)·inv_rate``: :class:`_UnitParts` gives tail units ``p_lo = 0.5,
+    p_width = 0`` (``Φ⁻¹(0.5) = 0``) and every other unit ``hi_t = inv_rate = 0``.
 
     Backward in the dtype of ``u``, analytic: ``∂θ/∂log θ = θ``; the clamp only catches rounding at the bounds and
     passes the gradient through; ``∂x/∂p_lo = 1/φ(x)`` and ``∂x/∂p_width = u/φ(x)`` overflow float32 in the tails,
     so they are summed over the draws as ``e^{(x² − c²)/2}`` (bounded: ``c = min(hi, 0)`` is where φ is largest on the
-    interval — ``hi`` itself for tail units — and ``u >= 2⁻²⁵`` keeps x within ~6 sd of it) and scaled per unit by
-    ``√(2π)·e^{c²/2}`` in float64; tail units: ``∂x/∂hi = 1``, ``∂x/∂inv_rate = log u``.
+    interval and ``u >= 2⁻²⁵`` keeps x within ~6 sd of it) and scaled per unit by ``√(2π)·e^{c²/2}`` in float64;
+    tail units: ``∂x/∂hi = 1``, ``∂x/∂inv_rate = log u``.
     Shapes: ``u``, ``θ``: ``[*sample, *batch]``; every other argument ``[*batch]``.
     """
 
     @staticmethod
     def forward(ctx, u, p_lo, p_width, ref, tail, tail_hi, inv_rate, loc, signed_scale, a, b):
+        # x without hi: Φ⁻¹(p_lo + u·p_width) + log(u)·inv_rate (each term 0 where the other applies); hi enters
+        # per unit through the offset μ + sign·σ·hi
         x = torch.special.ndtri(torch.addcmul(p_lo, u.to(p_lo.dtype), p_width)).to(u.dtype)
         log_u = torch.log(u)
-        x = torch.where(tail, torch.addcmul(tail_hi, log_u, inv_rate), x)
-        theta = torch.addcmul(loc, signed_scale, x).clamp_(a, b).exp_()
+        x = x.addcmul_(log_u, inv_rate)
+        theta = torch.addcmul(torch.addcmul(loc, signed_scale, tail_hi), signed_scale, x).clamp_(a, b).exp_()
         ctx.save_for_backward(u, log_u, x, theta, ref, tail, tail_hi, signed_scale)
         return theta
 
@@ -181,13 +188,13 @@ class _Draw(torch.autograd.Function):
         shape = ref.shape
         g_log = g * theta
         g_loc = g_log.sum_to_size(shape)
-        g_signed_scale = (g_log * x).sum_to_size(shape)
-        g_x = g_log * signed_scale
-        c = torch.where(tail, tail_hi, ref.to(x.dtype))
-        gw = g_x * torch.exp(0.5 * (x - c) * (x + c))
+        g_signed_scale = torch.addcmul((g_log * x).sum_to_size(shape), g_loc, tail_hi)
+        # e^{(x² − c²)/2}·∂θ/∂x, in place; tail units (c = −1, |x| <= ~0.5 there) are masked below
+        c = ref.to(x.dtype)
+        gw = (x + c).mul_(x - c).mul_(0.5).exp_().mul_(g_log).mul_(signed_scale)
         unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref)  # ref is finite and bounded off the tail
         g_lo = torch.where(tail, 0.0, gw.sum_to_size(shape).to(ref.dtype) * unit_scale)
-        g_width = torch.where(tail, 0.0, (gw * u).sum_to_size(shape).to(ref.dtype) * unit_scale)
+        g_width = torch.where(tail, 0.0, gw.mul_(u).sum_to_size(shape).to(ref.dtype) * unit_scale)
         g_hi = torch.where(tail, g_loc * signed_scale, 0.0)
         g_inv_rate = torch.where(tail, (g_log * log_u).sum_to_size(shape) * signed_scale, 0.0)
         return None, g_lo, g_width, None, None, g_hi, g_inv_rate, g_loc, g_signed_scale, None, None
