@@ -189,10 +189,13 @@ class _Draw(torch.autograd.Function):
         g_log = g * theta
         g_loc = g_log.sum_to_size(shape)
         g_signed_scale = torch.addcmul((g_log * x).sum_to_size(shape), g_loc, tail_hi)
-        # e^{(x² − c²)/2}·∂θ/∂x, in place; tail units (c = −1, |x| <= ~0.5 there) are masked below
+        # e^{(x² − c²)/2} = e^{d·(c + d/2)}, d = x − c (no cancellation), times ∂θ/∂x / (sign·σ), in place; sign·σ
+        # and √(2π)·e^{c²/2} multiply the per-unit sums. Tail units (c = −1, |x| <= ~0.5 there) are masked below
         c = ref.to(x.dtype)
-        gw = (x + c).mul_(x - c).mul_(0.5).exp_().mul_(g_log).mul_(signed_scale)
-        unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref)  # ref is finite and bounded off the tail
+        d = x - c
+        gw = torch.add(c, d, alpha=0.5).mul_(d).exp_().mul_(g_log)
+        # ref is finite and bounded off the tail
+        unit_scale = math.sqrt(2 * math.pi) * torch.exp(0.5 * ref * ref) * signed_scale.to(ref.dtype)
         g_lo = torch.where(tail, 0.0, gw.sum_to_size(shape).to(ref.dtype) * unit_scale)
         g_width = torch.where(tail, 0.0, gw.mul_(u).sum_to_size(shape).to(ref.dtype) * unit_scale)
         g_hi = torch.where(tail, g_loc * signed_scale, 0.0)
