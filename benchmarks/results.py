@@ -239,37 +239,49 @@ def _step_speed_section() -> list[str]:
         out.append(f"| {net} | " + " | ".join(vals) + " |")
     met = sum(row["ratio"] <= 1.1 for row in r["rows"])
     out += ["", f"Command: `{r['command']}` (batch {r['batch']}, {r['torch_threads']} torch thread, synthetic inputs "
-            "of the right shape; VGG-like at k = 0.25). Ratio = median seconds per step of pyro-sparse (the "
-            "engine's step: `build_model` / `sparsify`, `MeanFieldGuide` without global draws, `SparseELBO` through "
-            "`infer.train.Objective`, Adam) / the same objective and estimator in plain PyTorch (float32, "
-            "per-example noise, the same KL formulas, Adam), timed alternately in one process on the otherwise idle "
-            f"2-core machine. Target met in {met} of {len(r['rows'])} cells. \"Before\": the script at commit "
-            "def4718 (`step_speed_before.json`; it timed blocks of 10 steps, now one step of each alternately).",
-            "",
-            "What changed: SBP's per-unit math (standardised bounds in the tail that holds the interval, the "
+            "of the right shape; VGG-like at k = 0.25; " + r.get("allocator", "allocator defaults") + "). Ratio = "
+            "median seconds per step of pyro-sparse (the engine's step: `build_model` / `sparsify`, `MeanFieldGuide` "
+            "without global draws, `SparseELBO` through `infer.train.Objective`, Adam) / the same objective and "
+            "estimator in plain PyTorch (float32, per-example noise, the same KL formulas, Adam), timed alternately "
+            f"in one process on the otherwise idle 2-core machine. Target met in {met} of {len(r['rows'])} cells. "
+            "\"Before\": the script at commit def4718 (`step_speed_before.json`; it timed blocks of 10 steps, now one "
+            "step of each alternately).", ""]
+    rep_path = HERE / "step_speed_repeats.json"
+    if rep_path.is_file():
+        rep = json.loads(rep_path.read_text())
+        by = {}
+        for rows in rep["runs"]:
+            for row in rows:
+                by.setdefault((row["arch"], row["method"]), []).append(row["ratio"])
+        cells = "; ".join(f"{m} " + " / ".join(f"{v:.2f}×" for v in vals) for (_, m), vals in by.items())
+        out += [f"Repeats of the row with the shortest steps, right after the table (`{rep['command']}`, twice): "
+                f"LeNet-500-300 {cells}. A cell moves by up to ~0.05 between runs; LeNet-500-300 SBP sits at the "
+                "target's edge.", ""]
+    out += ["What changed: SBP's per-unit math (standardised bounds in the tail that holds the interval, the "
             "entropy, Φ(lo) and Φ(hi) − Φ(lo) for the sampler) is one autograd node with analytic gradients in "
-            "float64 (`distributions/truncated.py: _UnitParts`), computed once per step and shared by the KL and the "
-            "per-example draws; the per-example inversion is one `ndtri` of `Φ(lo) + u·(Φ(hi) − Φ(lo))` (exact to 35 "
-            "standard deviations, then the exponential limit), with `u`, the affine map and the exponential in "
-            "float32. The engine's guide records NaN placeholders instead of the global draws the model throws away "
-            "(the model draws every latent per example; `SVI` and `Predictive` keep honest draws). The BB gate's "
-            "relaxed Bernoulli sample is written out op for op; the SVD guide computes σ only when read. The "
-            "skipped global draws change every method's random stream and SBP draws through another (exact) "
-            "inversion, so a rerun of the LeNet tables above, measured with the earlier code, gives statistically "
-            "rather than bitwise the same numbers. Then (this table; the previous run met 3 of 12, 1.00–1.29×): "
-            "the SBP draws are one autograd node with analytic gradients (`_Draw`: inverse CDF or exponential tail, "
-            "affine map, clamp, exponential) and the guide computes every SBP site's per-unit parts in one node "
-            "(`TruncatedLogNormal.prepare_together`); the Kumaraswamy guide no longer builds torch's transform "
-            "chain at every step; unit priors are built once while their buffers are unchanged "
-            "(`UnitModule.cached_prior`); the SVD KL reads log σ² without computing σ; the model reads its network "
-            "once per call (each read of a plain `nn.Module` held by a `PyroModule` emits a param statement per "
-            "parameter) and the guide reads all its parameters in one Pyro context. What remains is a cost per "
-            "step that does not grow with the layers: Pyro's tracing of guide and model, a param statement per "
-            "parameter read, the plate and the categorical likelihood, and SBP's float64 per-unit parts; it weighs "
-            "most on the shortest step here, LeNet-500-300 SBP (~20 ms). Ratios move between runs of this script "
-            "on this VM by about 0.05–0.1: that cell, 1.14× in this table, was 1.08× in a repeat right after "
-            "(`--nets lenet500 --methods sbp`, same options). Absolute times are those of this session's VM (the "
-            "convolutional nets ran ~2.5× slower than in the previous table).", ""]
+            "float64 (`distributions/truncated.py: _UnitParts`), computed once per step for every SBP site together "
+            "(`TruncatedLogNormal.prepare_together`) and shared by the KL and the per-example draws; the draws are "
+            "one node too (`_Draw`: one `ndtri` of `Φ(lo) + u·(Φ(hi) − Φ(lo))` in float64, exact to 35 standard "
+            "deviations, then the exponential limit — both in one formula without a per-element select — with "
+            "`u`, the affine map, the exponential and the analytic backward in float32). The engine's guide records "
+            "NaN placeholders instead of the global draws the model throws away (the model draws every latent per "
+            "example; `SVI` and `Predictive` keep honest draws). The BB gate's relaxed Bernoulli sample is written "
+            "out op for op; the Kumaraswamy guide no longer builds torch's transform chain at every step; unit "
+            "priors are built once while their buffers are unchanged (`UnitModule.cached_prior`); the SVD KL reads "
+            "log σ² without computing σ; the model reads its network once per call and the guide reads all its "
+            "parameters in one Pyro context. The skipped global draws change every method's random stream and SBP "
+            "draws through another (exact) inversion, so a rerun of the LeNet tables above, measured with the "
+            "earlier code, gives statistically rather than bitwise the same numbers.", "",
+            "Measuring: glibc adapts its mmap and trim thresholds to the sizes freed so far, so without the fixed "
+            "thresholds a cell's ratio depended on the cells run before it in the same process (LeNet-500-300 SBP, "
+            "this script's `measure()` in fresh processes: 0.95× and 1.00× alone, 1.07–1.11× in four runs after "
+            "the SVD cell, same code), the page faults of freshly mapped "
+            "buffers hitting the two implementations unequally; the script now fixes them first, as a long training "
+            "process ends up with them. What remains above plain PyTorch is a cost per step that does not grow with "
+            "the layers — Pyro's tracing of guide and model (~5% of a LeNet-500-300 step in a sampling profile), a "
+            "param statement per parameter read, the plate and the categorical likelihood — and, for SBP, the "
+            "float64 per-unit parts and a `log u` per draw for the exponential tail; both weigh most on the "
+            "shortest steps (LeNet-500-300, 15–25 ms).", ""]
     return out
 
 
