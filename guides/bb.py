@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_sparse.distributions import Kumaraswamy
+from pyro_sparse.settings import param_value
 
 
 class KumaraswamyUnits(PyroModule):
@@ -21,7 +22,8 @@ class KumaraswamyUnits(PyroModule):
         self.b_uc = PyroParam(torch.full((num_units,), float(b_uc_init)))
 
     def distribution(self) -> Kumaraswamy:
-        return Kumaraswamy(F.softplus(self.a_uc), F.softplus(self.b_uc), validate_args=False)
+        return Kumaraswamy(F.softplus(param_value(self, "a_uc")), F.softplus(param_value(self, "b_uc")),
+                           validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> KumaraswamyUnits:

@@ -6,6 +6,8 @@ import torch
 from pyro.distributions import Normal
 from pyro.nn import PyroModule, PyroParam
 
+from pyro_sparse.settings import param_value
+
 
 class NormalFamily(PyroModule):
     def __init__(self, init_loc: torch.Tensor, log_scale_init: float = -5.0):
@@ -14,7 +16,7 @@ class NormalFamily(PyroModule):
         self.log_scale = PyroParam(torch.full_like(self.loc, log_scale_init))
 
     def distribution(self) -> Normal:
-        return Normal(self.loc, self.log_scale.exp(), validate_args=False)
+        return Normal(param_value(self, "loc"), param_value(self, "log_scale").exp(), validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> NormalFamily:

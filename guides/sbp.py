@@ -10,6 +10,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_sparse.distributions import TruncatedLogNormal
+from pyro_sparse.settings import param_value
 
 
 class TruncatedLogNormalUnits(PyroModule):
@@ -22,7 +23,8 @@ class TruncatedLogNormalUnits(PyroModule):
         self.register_buffer("b", torch.as_tensor(b).detach().clone().float())
 
     def distribution(self) -> TruncatedLogNormal:
-        return TruncatedLogNormal(self.loc, self.log_scale.exp(), self.a, self.b, validate_args=False)
+        return TruncatedLogNormal(param_value(self, "loc"), param_value(self, "log_scale").exp(), self.a, self.b,
+                                  validate_args=False)
 
     @classmethod
     def from_site(cls, prior, init, shape: torch.Size) -> TruncatedLogNormalUnits:

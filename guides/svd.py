@@ -11,6 +11,8 @@ from pyro.distributions import Normal
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions.utils import lazy_property
 
+from pyro_sparse.settings import param_value
+
 
 class LogVarianceNormal(Normal):
     """``N(loc, exp(log_variance))`` (a Pyro ``Normal``) parametrised by the log-variance: the KL and the local
@@ -40,7 +42,7 @@ class GaussianWeights(PyroModule):
         self.log_sigma2 = PyroParam(torch.full_like(self.loc, log_sigma2_init))
 
     def distribution(self) -> Normal:
-        return LogVarianceNormal(self.loc, self.log_sigma2)
+        return LogVarianceNormal(param_value(self, "loc"), param_value(self, "log_sigma2"))
 
     @classmethod
     def from_site(cls, prior, init: torch.Tensor | None, shape: torch.Size) -> GaussianWeights:

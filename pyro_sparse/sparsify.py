@@ -64,6 +64,7 @@ from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
 from .nn.units import _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
+from .settings import direct_reads
 
 Selector = type | str | Callable[[str, nn.Module], bool] | Sequence
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -322,8 +323,8 @@ class SparseModel(Classifier):
                     setattr(w, CLIP_TAG, site.train_clip)
                 overrides[f"{path}.weight"] = w
         # one read of self.net per call: each read of a plain nn.Module attribute of a PyroModule emits a param
-        # statement for every parameter of it (Pyro's module statement)
-        net = self.net
+        # statement for every parameter of it (Pyro's module statement); none inside the engine's step
+        net = self._modules["net"] if direct_reads() else self.net
         handles = self._attach_units(net, test, posterior)
         try:
             if not overrides:

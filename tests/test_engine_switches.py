@@ -155,3 +155,50 @@ def test_cli_switches_are_recorded(tmp_path, capsys):
         main(["train", "--method", "bb", "--arch", "logreg", "--dataset", "digits", "--devices", "0", "--out",
               str(tmp_path / "dev"), "--quiet"])
     assert e.value.code == 2 and "--devices must be a positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_engine_steps_read_parameters_without_placeholder_param_statements(method):
+    """Inside the engine's step (``Objective``, module-local parameters) the guide's families and the model's network
+    read their parameters without Pyro's placeholder param statements; the loss and every gradient are those of the
+    same step with the statements. Outside it (``SVI``-style traces, the global param store) every read is a
+    statement, and the switch leaves nothing set behind."""
+    from pyro_sparse.infer.train import Objective
+    from pyro_sparse.settings import direct_param_reads, direct_reads, module_local_params
+
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+
+    def param_sites(fn):
+        trace = pyro.poutine.trace(fn).get_trace(x, y)
+        return [name for name, site in trace.nodes.items() if site["type"] == "param"]
+
+    with module_local_params():
+        pyro.set_rng_seed(0)
+        model = build_model("lenet300", method, (64,), 10, num_data=100)
+        guide = MeanFieldGuide(model)
+        params = [*model.parameters(), *guide.parameters()]
+        assert param_sites(guide) and param_sites(model)  # plain reads: statements
+        with direct_param_reads():
+            assert direct_reads()
+            assert param_sites(guide) == [] and param_sites(model) == []
+        assert not direct_reads()
+        results = []
+        buffers = {k: v.clone() for k, v in model.state_dict().items()}  # DBB's running statistics move per call
+        for direct in (False, True):
+            model.load_state_dict(buffers)
+            pyro.set_rng_seed(1)
+            if direct:
+                loss = Objective(model, guide, SparseELBO())(x, y)
+            else:
+                loss = SparseELBO().differentiable_loss(model, guide, x, y)
+            results.append((loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)))
+        assert torch.equal(results[0][0], results[1][0])
+        for a, b in zip(results[0][1], results[1][1], strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+    with direct_param_reads():  # the global param store: the statements carry the values, so they stay
+        assert not direct_reads()
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = build_model("lenet300", method, (64,), 10, num_data=100)
+        assert param_sites(MeanFieldGuide(model)) and param_sites(model)
+    pyro.clear_param_store()

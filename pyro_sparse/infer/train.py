@@ -45,7 +45,7 @@ from ..runfiles import (
     load_checkpoint,
 )
 from ..runfiles import recover as recover_run_dir
-from ..settings import module_local_params, prepare_module_local
+from ..settings import direct_param_reads, module_local_params, prepare_module_local
 from ..sparsify import SparseModel
 from . import distributed
 from .elbo import SparseELBO
@@ -208,7 +208,9 @@ class Objective(nn.Module):
     """``−ELBO`` of a minibatch as a module, ``forward(x, y, weight=1.0) -> 0-d loss``, so that
     :class:`~torch.nn.parallel.DistributedDataParallel` can wrap model and guide together (Pyro's ``ELBOModule``,
     with the guide possibly wrapped in :func:`~pyro_sparse.poutine.kl_scale`). ``weight`` multiplies the likelihood
-    (a rank's share of an uneven global batch, :func:`pyro_sparse.infer.distributed.shard`)."""
+    (a rank's share of an uneven global batch, :func:`pyro_sparse.infer.distributed.shard`). Parameters are read
+    inside :func:`~pyro_sparse.settings.direct_param_reads` (with module-local parameters: no placeholder param
+    statements)."""
 
     def __init__(self, model, guide, elbo: SparseELBO, guide_fn=None):
         super().__init__()
@@ -217,7 +219,8 @@ class Objective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         model = self.model if weight == 1.0 else pyro_poutine.scale(self.model, weight)
-        return self.elbo.differentiable_loss(model, self.guide_fn, x, y)
+        with direct_param_reads():
+            return self.elbo.differentiable_loss(model, self.guide_fn, x, y)
 
 
 @contextlib.contextmanager

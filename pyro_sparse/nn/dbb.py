@@ -20,6 +20,7 @@ from pyro.nn import PyroSample
 from torch import nn
 
 from ..poutine import local_sample
+from ..settings import param_value
 from .units import BBGate, _broadcast_units
 
 
@@ -60,7 +61,7 @@ class DBBGate(BBGate):
 
     def factor(self, h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """``clamp(γ (h − μ)/s + β, ε, 1 − ε)``, shape ``[B, K]``."""
-        z = torch.addcmul(beta, h - self.running_mean, self.gamma / self.running_std)  # γ (h − μ)/s + β
+        z = torch.addcmul(beta, h - self.running_mean, param_value(self, "gamma") / self.running_std)  # γ (h − μ)/s + β
         return z.clamp(self.eps, 1 - self.eps)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
