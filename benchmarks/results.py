@@ -269,19 +269,23 @@ def _step_speed_section() -> list[str]:
             "out op for op; the Kumaraswamy guide no longer builds torch's transform chain at every step; unit "
             "priors are built once while their buffers are unchanged (`UnitModule.cached_prior`); the SVD KL reads "
             "log σ² without computing σ; the model reads its network once per call and the guide reads all its "
-            "parameters in one Pyro context. The skipped global draws change every method's random stream and SBP "
-            "draws through another (exact) inversion, so a rerun of the LeNet tables above, measured with the "
-            "earlier code, gives statistically rather than bitwise the same numbers.", "",
+            "parameters in one Pyro context; inside the engine's step (module-local parameters) the guide, the "
+            "network and the DBB gates read their parameters without Pyro's placeholder param statements "
+            "(`settings.direct_param_reads`). The skipped global draws change "
+            "every method's random stream and SBP draws through another (exact) inversion, so a rerun of the "
+            "LeNet tables above, measured with the earlier code, gives statistically rather than bitwise the same "
+            "numbers.", "",
             "Measuring: glibc adapts its mmap and trim thresholds to the sizes freed so far, so without the fixed "
             "thresholds a cell's ratio depended on the cells run before it in the same process (LeNet-500-300 SBP, "
             "this script's `measure()` in fresh processes: 0.95× and 1.00× alone, 1.07–1.11× in four runs after "
             "the SVD cell, same code), the page faults of freshly mapped "
             "buffers hitting the two implementations unequally; the script now fixes them first, as a long training "
             "process ends up with them. What remains above plain PyTorch is a cost per step that does not grow with "
-            "the layers — Pyro's tracing of guide and model (~5% of a LeNet-500-300 step in a sampling profile), a "
-            "param statement per parameter read, the plate and the categorical likelihood — and, for SBP, the "
-            "float64 per-unit parts and a `log u` per draw for the exponential tail; both weigh most on the "
-            "shortest steps (LeNet-500-300, 15–25 ms).", ""]
+            "the layers — Pyro's tracing of guide and model (~5% of the LeNet-500-300 SBP step in a `py-spy record` "
+            "of it), "
+            "the plate and the categorical likelihood, the KL's dispatch through `kl_divergence` — and, for SBP, "
+            "the float64 per-unit parts and a `log u` per draw for the exponential tail; both weigh most on the "
+            "shortest steps (LeNet-500-300, 15–27 ms).", ""]
     return out
 
 
