@@ -48,7 +48,8 @@ FAMILIES: dict[type, type] = {
 
 def register_family(prior_type: type, family: type) -> None:
     """Use ``family`` (an ``nn.Module`` with ``from_site(prior, init, shape)`` and ``distribution()``) for
-    every latent site whose prior is an instance of ``prior_type``."""
+    every latent site whose prior is an instance of ``prior_type``. A family that reads its parameters with
+    :func:`pyro_sparse.settings.param_value` saves the training engine a placeholder param statement per read."""
     FAMILIES[prior_type] = family
 
 

@@ -15,6 +15,8 @@ from pyro.nn import PyroModule
 from pyro.poutine.runtime import get_plates
 from torch import nn
 
+from pyro_sparse.settings import direct_reads
+
 from . import nets
 
 ARCHS = tuple(nets.NETS)
@@ -82,7 +84,13 @@ class Classifier(PyroModule):
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of the network on ``x [B (or S·B), *input_shape]``; subclasses change how the net runs
         (:class:`pyro_sparse.SparseModel` attaches its latents here)."""
-        return self.net(x)
+        return self._net()(x)
+
+    def _net(self) -> nn.Module:
+        """``self.net``, read once per call: each read of a plain ``nn.Module`` attribute of a ``PyroModule`` emits a
+        param statement per parameter (Pyro's module statement); none inside the training engine's step
+        (:func:`pyro_sparse.settings.direct_param_reads`)."""
+        return self._modules["net"] if direct_reads() else self.net
 
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,

@@ -64,7 +64,6 @@ from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
 from .nn.units import _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
-from .settings import direct_reads
 
 Selector = type | str | Callable[[str, nn.Module], bool] | Sequence
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -322,9 +321,7 @@ class SparseModel(Classifier):
                     w = w.view_as(w) if w.is_leaf and w.requires_grad else w  # never tag a parameter
                     setattr(w, CLIP_TAG, site.train_clip)
                 overrides[f"{path}.weight"] = w
-        # one read of self.net per call: each read of a plain nn.Module attribute of a PyroModule emits a param
-        # statement for every parameter of it (Pyro's module statement); none inside the engine's step
-        net = self._modules["net"] if direct_reads() else self.net
+        net = self._net()
         handles = self._attach_units(net, test, posterior)
         try:
             if not overrides:

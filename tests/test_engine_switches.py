@@ -202,3 +202,19 @@ def test_engine_steps_read_parameters_without_placeholder_param_statements(metho
         model = build_model("lenet300", method, (64,), 10, num_data=100)
         assert param_sites(MeanFieldGuide(model)) and param_sites(model)
     pyro.clear_param_store()
+
+
+def test_dense_model_reads_its_network_without_module_statements_in_engine_steps():
+    from pyro_sparse.settings import direct_param_reads, module_local_params
+
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+    with module_local_params():
+        model = build_model("lenet300", "dense", (64,), 10, num_data=100)
+
+        def param_sites():
+            trace = pyro.poutine.trace(model).get_trace(x, y)
+            return [name for name, site in trace.nodes.items() if site["type"] == "param"]
+
+        assert len(param_sites()) == len(list(model.parameters()))  # Pyro's module statement, one per parameter
+        with direct_param_reads():
+            assert param_sites() == []
