@@ -7,6 +7,8 @@ point-estimate baseline). One path for every method and network: no per-method c
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -74,6 +76,11 @@ class Classifier(PyroModule):
             logits = logits.float()
         if samples:
             logits = logits.reshape(*samples, batch, logits.shape[-1])
+        if self.num_data is None and y is not None and not self.__dict__.get("_warned_num_data"):
+            object.__setattr__(self, "_warned_num_data", True)  # once per model
+            warnings.warn(f"{type(self).__name__}.num_data is not set: the minibatch log-likelihood is not scaled by "
+                          "N/B, so the KL weighs as if the data set were one batch; set model.num_data = N (the "
+                          "number of training examples; fit and sparsify(num_data=N) set it)", stacklevel=2)
         with pyro.plate("data", size=self.num_data or batch, subsample=torch.arange(batch, device=x.device), dim=-1):
             # no argument validation: non-finite logits (a diverging run) give a non-finite loss, which the training
             # engine reports as divergence, instead of an error from inside the distribution
@@ -94,23 +101,34 @@ class Classifier(PyroModule):
 
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,
-                mean: float = 0.0, std: float = 1.0, train_clip: float | None = None, **options) -> Classifier:
+                mean: float = 0.0, std: float = 1.0, train_clip: float | None = None,
+                factory: Callable[[], nn.Module] | None = None, **options) -> Classifier:
     """The Pyro model of network ``arch`` with ``method`` attached.
 
-    :param arch: a name of :data:`pyro_sparse.models.nets.NETS`, or ``package.module:factory`` (see
-        :func:`pyro_sparse.models.nets.build`).
+    :param arch: a name of :data:`pyro_sparse.models.nets.NETS`, or ``package.module:factory`` for a user's own
+        network, which ``factory`` then builds (nothing is imported here; the CLI imports ``--arch`` itself).
     :param method: ``dense`` (a :class:`Classifier` without latents) or a method of :func:`pyro_sparse.sparsify`.
     :param mean, std: input standardisation inside the network (the networks of ``nets``).
     :param train_clip: SVD only: see :func:`pyro_sparse.nn.set_train_clip`.
+    :param factory: the zero-argument callable building the user's network named ``arch``.
     :param options: unit options passed to :func:`pyro_sparse.sparsify` (e.g. ``temperature``).
-    :raises ValueError: unknown arch or method, or an input shape the arch cannot take.
+    :raises ValueError: unknown arch or method, a user's arch without its factory, or an input shape the arch cannot
+        take.
     """
     from pyro_sparse.nn import set_train_clip
     from pyro_sparse.sparsify import sparsify
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    net = nets.build(arch, input_shape, num_classes, mean, std)
+    if ":" in arch:
+        if factory is None:
+            raise ValueError(f"arch {arch!r} is a user's factory: pass factory=<that callable> (the command line "
+                             "imports it from --arch)")
+        net = nets.user_network(arch, factory)
+    elif factory is not None:
+        raise ValueError(f"factory= builds a user's arch package.module:factory; arch {arch!r} is built in")
+    else:
+        net = nets.build(arch, input_shape, num_classes, mean, std)
     if method == "dense":
         return Classifier(net, input_shape, num_data)
     model = sparsify(net, method, torch.zeros(2, *input_shape), num_data=num_data, **options)

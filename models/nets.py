@@ -16,13 +16,15 @@ resnet20/56   CIFAR ResNets of He et al. 2016 (Sec. 4.2): 3 stages of n = 3 / 9 
               keeps every shortcut a layer that a dependency graph can follow)
 ============  ==========================================================================================
 
-:func:`build` makes one by name; the instance remembers how it was made (``pyro_sparse_factory``), so that a compact
-network saved by :func:`pyro_sparse.save_compact` loads again by replaying its pruning on a fresh one.
+:func:`build` makes one by name; the instance remembers how it was made (``pyro_sparse_factory``: the name and its
+options, plain data), so that a compact network saved by :func:`pyro_sparse.save_compact` loads again by replaying its
+pruning on a fresh one. :func:`check_options` validates recorded options by type and range before anything is built.
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -158,36 +160,89 @@ NETS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: bounds on recorded options (a compact.json or config.json may be hostile: no memory bomb through its options)
+MAX_INPUT_FEATURES = 2**22
+MAX_CLASSES = 100_000
+MAX_WIDTH = 16.0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_options(name: str, options: dict) -> None:
+    """Check the options of architecture ``name`` by type and range (they may come from a file).
+
+    Valid keys: ``input_shape`` (1–4 positive ints, at most :data:`MAX_INPUT_FEATURES` features), ``num_classes``
+    (1 … :data:`MAX_CLASSES`), ``mean`` / ``std`` (finite numbers, or one per channel; ``std > 0``), and the
+    architecture's own (``k`` of ``vgg_like``: 0 < k ≤ :data:`MAX_WIDTH`).
+
+    :raises ValueError: an unknown name or key, or a value of the wrong type or out of range (one line).
+    """
+    if name not in NETS:
+        raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(NETS)}")
+    own = [p for p in inspect.signature(NETS[name]).parameters if p not in _COMMON]
+    unknown = sorted(set(options) - set(_COMMON) - set(own))
+    if unknown:
+        raise ValueError(f"arch {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; valid: "
+                         f"{', '.join([*_COMMON, *own])}")
+    shape = options.get("input_shape", ())
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 4 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape) \
+            or math.prod(shape) > MAX_INPUT_FEATURES:
+        raise ValueError(f"arch {name!r}: input_shape must be 1 to 4 positive integers with at most "
+                         f"{MAX_INPUT_FEATURES} features, got {shape!r}")
+    classes = options.get("num_classes", 10)
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
+        raise ValueError(f"arch {name!r}: num_classes must be an integer in 1 … {MAX_CLASSES}, got {classes!r}")
+    for key in ("mean", "std"):
+        v = options.get(key, 0.0 if key == "mean" else 1.0)
+        values = v if isinstance(v, (list, tuple)) else [v]
+        if not values or len(values) > shape[0] or not all(_number(x) for x in values) or (
+                key == "std" and not all(x > 0 for x in values)):
+            raise ValueError(f"arch {name!r}: {key} must be a finite number{' > 0' if key == 'std' else ''} or one "
+                             f"per input channel, got {v!r}")
+    if "k" in options and (not _number(options["k"]) or not 0 < options["k"] <= MAX_WIDTH):
+        raise ValueError(f"arch {name!r}: width multiplier k must be a number in (0, {MAX_WIDTH:g}], got "
+                         f"{options['k']!r}")
+
+
+_COMMON = ("input_shape", "num_classes", "mean", "std")
+
+
 def build(name: str, input_shape: Sequence[int] = (), num_classes: int = 10, mean=0.0, std=1.0,
           **kwargs) -> nn.Module:
     """The plain network ``name`` (see the module docstring) for examples of ``input_shape`` (no batch dim).
 
-    ``name`` may also be ``package.module:factory``, a user's own network: ``factory(**kwargs)`` is called (it gets
-    neither the input shape nor the standardisation: the network takes inputs as the data come).
+    A user's own network is not built here: call your factory and pass the module (or, to record its name for
+    :func:`pyro_sparse.load_compact`, :func:`user_network`).
 
     :param mean, std: input standardisation (scalars or one per channel).
     :param kwargs: architecture options (``k`` for ``vgg_like``).
-    :raises ValueError: unknown name, a factory that cannot be imported or returns no ``nn.Module``, or an input
+    :raises ValueError: unknown name, options of the wrong type or out of range (:func:`check_options`), or an input
         shape the architecture cannot take.
     """
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"arch {name!r}: cannot import the factory ({e}); expected package.module:callable") \
-                from None
-        net = factory(**kwargs)
-        if not isinstance(net, nn.Module):
-            raise ValueError(f"arch {name!r}: the factory returned a {type(net).__name__}, expected an nn.Module")
-        setattr(net, FACTORY_ATTR, {"name": name, "kwargs": dict(kwargs)})
-        return net
-    if name not in NETS:
-        raise ValueError(f"unknown arch {name!r}; expected one of {', '.join(NETS)} or package.module:factory")
+    if isinstance(name, str) and ":" in name:
+        raise ValueError(f"arch {name!r} is a user's factory: build it with user_network(name, factory) (the CLI "
+                         "imports it from --arch); nets.build takes only " + ", ".join(NETS))
     mean = mean.tolist() if torch.is_tensor(mean) else mean
     std = std.tolist() if torch.is_tensor(std) else std
-    net = NETS[name](input_shape=tuple(input_shape), num_classes=num_classes, mean=mean, std=std, **kwargs)
-    setattr(net, FACTORY_ATTR, {"name": name, "kwargs": {"input_shape": list(input_shape),
-                                                          "num_classes": num_classes, "mean": mean, "std": std,
-                                                          **kwargs}})
+    options = {"input_shape": list(input_shape), "num_classes": num_classes, "mean": mean, "std": std, **kwargs}
+    check_options(name, options)
+    net = NETS[name](**{**options, "input_shape": tuple(input_shape)})
+    setattr(net, FACTORY_ATTR, {"name": name, "kwargs": options})
+    return net
+
+
+def user_network(name: str, factory: Callable[[], nn.Module]) -> nn.Module:
+    """``factory()``, a user's own network, remembering ``name`` (``package.module:factory``) so that its compact
+    network records which factory rebuilds it (loading it again still needs that factory passed, or
+    ``trust_code=True``: :mod:`pyro_sparse.trust`).
+
+    :raises ValueError: the factory returns no ``nn.Module``.
+    """
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"arch {name!r}: the factory returned a {type(net).__name__}, expected an nn.Module")
+    setattr(net, FACTORY_ATTR, {"name": name, "kwargs": {}})
     return net

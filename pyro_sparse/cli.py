@@ -31,11 +31,16 @@ DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnis
 #: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)
 #: (``--devices``: a resume on another number of processes continues the run, but its noise differs from an
 #: uninterrupted run's)
-RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every", "devices", "compile")
+RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every", "devices", "compile",
+               "trust_code")
 EPILOG = """environment:
   PYRO_SPARSE_DATA   folder holding MNIST/ and FashionMNIST/ (torchvision layout) when --data-root is not given
                      (default ./data); the folder used is recorded in RUN_DIR/config.json
   PYRO_SPARSE_DEBUG  1: show Python tracebacks instead of one-line errors (as --debug)"""
+
+
+TRUST_HELP = ("import and call the package.module:factory that the run's files name (only for files you trust; "
+              "without it, pass the same --arch)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-schedule", choices=("constant", "linear", "step"), default=None)
     t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"), default=None,
                    help="KL weight 0 before epoch START, 1 from epoch END (SVD on MNIST: 5 20)")
-    t.add_argument("--weight-threshold", type=_finite, default=3.0, help="SVD: prune weights with log alpha >= this")
+    t.add_argument("--weight-threshold", type=_finite, default=None,
+                   help="SVD: prune weights with log alpha >= this (default 3)")
     t.add_argument("--train-clip", action="store_true",
                    help="SVD: weights past --weight-threshold also leave the training-time mean (reference code); "
                    "same as --train-clip-from 0")
@@ -104,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
                    help="multiply the KL of LAYER's latent sites by S > 0 (e.g. --kl-scale conv1=40 conv2=16, as "
                    "the BB authors' LeNet-5 configs do); default: the plain ELBO")
-    t.add_argument("--unit-threshold", type=_finite, default=None, help="SBP: SNR threshold (1); BB: E[pi] (1e-3)")
+    t.add_argument("--unit-threshold", type=_finite, default=None,
+                   help="SBP: prune units with SNR below this (default 1); BB/DBB: E[pi] (default 1e-3)")
     t.add_argument("--temperature", type=_finite, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
@@ -117,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out with its recorded options (an option given with "
                    "another value than recorded is refused)")
+    t.add_argument("--trust-code", action="store_true", help="--resume: " + TRUST_HELP)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--devices", type=int, default=1, metavar="N",
                    help="data-parallel on N processes (torchrun's launcher; gloo on cpu, nccl with one GPU each on "
@@ -146,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data-root", default=None)
     e.add_argument("--device", default="cpu")
+    for q in (r, e):
+        q.add_argument("--arch", type=_arch, default=None, metavar="ARCH",
+                       help="package.module:factory of the user's architecture the run records (it is imported)")
+        q.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     return p
 
 
@@ -196,16 +208,9 @@ def _parse_kl_scale(items: list[str] | None) -> dict[str, float]:
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from .devices import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        _fail(f"unknown --device {device!r}; expected cpu or cuda")
-    if dev.type not in ("cpu", "cuda"):
-        _fail(f"unsupported --device {device!r}; expected cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda was asked for, but torch sees no CUDA device")
+    resolve_device(device, "--device")
 
 
 def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -232,8 +237,9 @@ def _recorded_args(a, saved: dict, given: set[str]):
             now = list(now)
         if now != was:
             flag = "--" + dest.replace("_", "-")
-            shown = was if was is not None else saved["config"].get(dest, "default")  # None: the method's default
-            _fail(f"--resume: {flag} {now!r} contradicts the recorded {shown!r} of the run in {a.out}; drop {flag} "
+            shown = was if was is not None else saved["config"].get(dest)  # None: the method's default
+            shown = "default" if shown is None else repr(shown)
+            _fail(f"--resume: {flag} {now!r} contradicts the recorded {shown} of the run in {a.out}; drop {flag} "
                   "to continue the recorded run, or start a new --out")
     # options added after the run was recorded keep their values from the command line (defaults or given)
     merged = {**vars(a), **recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
@@ -257,6 +263,10 @@ def _validate_train_args(a) -> None:
             _fail(f"{flag} applies to --method svd only, got --method {a.method}")
     if a.train_clip and a.train_clip_from is not None:
         _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
+    if a.weight_threshold is not None and a.method != "svd":
+        _fail(f"--weight-threshold applies to --method svd only, got --method {a.method} (units: --unit-threshold)")
+    if a.unit_threshold is not None and a.method not in ("sbp", "bb", "dbb"):
+        _fail(f"--unit-threshold applies to --method sbp, bb and dbb only, got --method {a.method}")
     if a.temperature is not None and a.method not in ("bb", "dbb"):
         _fail(f"--temperature applies to --method bb and dbb only, got --method {a.method}")
     if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
@@ -356,6 +366,7 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
     from .models import build_model
     from .poutine import resolve_kl_scale
     from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
+    from .trust import import_factory, recorded_network
 
     if getattr(a, "devices", 1) > 1 and launched_size() == 1:  # start the processes, each runs this command
         _validate_train_args(a)
@@ -385,11 +396,18 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
             data = split_validation(data, a.val_size)
         except ValueError as e:
             _fail(f"--val-size: {e}")
+    # a user's architecture: imported when the command line names it; on --resume (name read from config.json) only
+    # with --arch given again or --trust-code
+    factory = None
+    if ":" in a.arch:
+        given = not a.resume or "arch" in _given(parser, argv)
+        factory = recorded_network({"name": a.arch, "kwargs": {}}, str(out / CONFIG),
+                                   import_factory(a.arch) if given else None, a.trust_code)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     net_kwargs = {"temperature": a.temperature} if a.temperature is not None else {}
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
-                            data.mean, data.std, **net_kwargs)
+                            data.mean, data.std, factory=factory, **net_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
     init_guide = _init_from(a, model, data) if a.init_from else {}
@@ -466,18 +484,38 @@ def _print_summary(m: dict) -> None:
     )
 
 
+def _arch_factory(a, recorded: str, source) -> object:
+    """The user's factory that ``--arch`` names (imported: the command line is the caller's), checked against the
+    architecture ``source`` records; ``None`` without ``--arch``."""
+    from .trust import import_factory
+
+    if a.arch is None:
+        return None
+    if a.arch != recorded:
+        _fail(f"--arch {a.arch} differs from the architecture {recorded!r} that {source} records")
+    return import_factory(a.arch) if ":" in a.arch else None
+
+
 def cmd_evaluate(a, argv, parser) -> int:
+    import json
+
     import torch
 
-    from .compact import load_compact
+    from .compact import COMPACT_SPEC, load_compact, read_compact_spec
     from .data import load_dataset
     from .metrics import classification_error, network_cost
-    from .runfiles import read_config
+    from .runfiles import config_digest, read_config
 
     run = Path(a.run_dir)
     cfg = read_config(run)
     _check_device(a.device)
-    net = load_compact(run, device=a.device)
+    info = read_compact_spec(run)
+    recorded = info["factory"].get("name") if isinstance(info["factory"], dict) else None
+    factory = _arch_factory(a, str(recorded), run / COMPACT_SPEC)
+    if info.get("config_sha256") not in (None, config_digest(run)):
+        raise RunDirError(f"the compact network in {run} belongs to another run: {COMPACT_SPEC} was written under "
+                          "another config.json (SHA-256 differs)")
+    net = load_compact(run, factory=factory, device=a.device, trust_code=a.trust_code)
     shape = tuple(net.pyro_sparse_compact["input_shape"])
     data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
     if tuple(data.input_shape) != shape:
@@ -485,18 +523,17 @@ def cmd_evaluate(a, argv, parser) -> int:
                           f"{list(data.input_shape)}")
     err = classification_error(net, data.x_test.to(a.device), data.y_test.to(a.device))
     units = [int(u) for u in network_cost(net, torch.zeros(2, *shape, device=a.device))["units"]]
-    import json
-
     print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": units}))
     return 0
 
 
 def cmd_report(a, argv, parser) -> int:
     from .diagnostics import write_report
-    from .runfiles import RunLock
+    from .runfiles import CONFIG, RunLock, read_config
     from .runs import load_run
 
-    model, guide, _ = load_run(a.run_dir)
+    factory = _arch_factory(a, read_config(a.run_dir)["arch"], Path(a.run_dir) / CONFIG)
+    model, guide, _ = load_run(a.run_dir, factory=factory, trust_code=a.trust_code)
     with RunLock(a.run_dir):
         paths = write_report(a.run_dir, model, guide)
     for path in paths:

@@ -26,23 +26,38 @@ network: nothing is unpickled.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import nn
 
-from .errors import CompactMismatchError, InvalidInputError, MissingRunFileError, RunDirError, one_line
+from pyro_sparse.models import Classifier, nets
+
+from .devices import resolve_device
+from .errors import (
+    CompactMismatchError,
+    InvalidInputError,
+    MissingRunFileError,
+    PyroSparseError,
+    RunDirError,
+    one_line,
+)
 from .nn import DBBGate, DynamicGate, Select
 from .sparsify import NORM_LAYERS, WEIGHT_LAYERS, SparseModel, _is_out, _output_layers, channel_groups, dependency_graph
+from .trust import recorded_network
 
 COMPACT_SPEC = "compact.json"
 COMPACT_WEIGHTS = "compact.safetensors"
-COMPACT_FORMAT = "pyro-sparse-compact/2"
+COMPACT_FORMAT = "pyro-sparse-compact/3"
 INFO_ATTR = "pyro_sparse_compact"
+#: entries of compact.json that describe the tensor file, not the network
+_FILE_KEYS = ("tensors", "sha256")
 
 
 def _fold(net: nn.Module, where: str, path: str, index, root_index, factor: torch.Tensor) -> None:
@@ -87,27 +102,44 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     :param guide: the trained guide (default: the one bound to ``model``).
     :param weight_threshold: SVD log α threshold (default: the model's ``thresholds``, else the method's, 3).
     :param unit_threshold: SBP SNR / BB E[π] threshold (default: the model's ``thresholds``, else 1 / 1e-3).
-        Thresholds given here become the model's ``thresholds`` (its ``.eval()`` network prunes alike).
-    :param probe: inputs ``[B, *input_shape]`` for the self-check (default: the model's ``example_input``).
-    :param rtol, atol: tolerance of the self-check (``atol`` relative to the largest logit, at least 1).
+        Thresholds given here become the model's ``thresholds`` (:meth:`SparseModel.set_thresholds`: its ``.eval()``
+        network prunes alike); a threshold for a rule the model does not have is refused.
+    :param probe: float inputs ``[B, *input_shape]`` for the self-check (default: the model's ``example_input``).
+    :param rtol, atol: tolerance of the self-check (``atol`` relative to the largest logit, at least 1), ``>= 0``.
     :returns: a plain ``nn.Module`` in eval mode, on the model's device, with ``pyro_sparse_compact`` (a dict:
         ``units`` kept per latent, ``units_full``, the pruning ``history``, ``selects``, ``gates``, ``factory``).
-    :raises InvalidInputError: no guide.
+    :raises InvalidInputError: not a pyro-sparse model, no guide or the guide of another model, a threshold the
+        model has no rule for, a probe of the wrong shape or dtype, a negative tolerance.
     :raises CompactMismatchError: the compact network differs from the eval-mode model on the probe batch.
     """
+    if not isinstance(model, Classifier):
+        raise InvalidInputError(f"compact takes a pyro_sparse model (made by sparsify or build_model), got a "
+                                f"{type(model).__name__}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InvalidInputError(f"compact: {name} must be a finite number >= 0, got {v!r}")
+    if probe is not None:
+        shape = list(getattr(model, "input_shape", ()))
+        if not torch.is_tensor(probe) or probe.dim() != len(shape) + 1 or list(probe.shape[1:]) != shape \
+                or probe.shape[0] < 1 or not probe.is_floating_point():
+            got = f"{probe.dtype} {list(probe.shape)}" if torch.is_tensor(probe) else type(probe).__name__
+            raise InvalidInputError(f"compact: probe must be a float batch [B, {', '.join(map(str, shape))}], got "
+                                    f"{got}")
     if not isinstance(model, SparseModel):  # a model without latents (the dense baseline): its network as it is
+        if weight_threshold is not None or unit_threshold is not None:
+            raise InvalidInputError("compact: a dense model has no keep rule; weight_threshold and unit_threshold "
+                                    "apply to sparsified models")
         net = full_network(model)
         setattr(net, INFO_ATTR, {"format": COMPACT_FORMAT, "method": "dense", "input_shape": list(model.input_shape),
                                  "units": {}, "units_full": {}, "history": [], "selects": {}, "gates": {},
-                                 "factory": getattr(model.net, "pyro_sparse_factory", None)})
+                                 "factory": getattr(model.net, nets.FACTORY_ATTR, None)})
         return net
     guide = guide or model.guide
     if guide is None:
         raise InvalidInputError("compact needs the trained guide: compact(model, guide)")
+    check_guide(model, guide)
+    model.set_thresholds(weight=weight_threshold, unit=unit_threshold)  # the eval-mode model prunes alike
     model.bind_guide(guide)
-    for kind, value in (("weight", weight_threshold), ("unit", unit_threshold)):
-        if value is not None:  # the eval-mode model (and so the self-check) uses the same keep rule
-            model.thresholds[kind] = value
     weight_threshold, unit_threshold = model.thresholds["weight"], model.thresholds["unit"]
     net = copy.deepcopy(model.net).eval()
     example = model.example_input
@@ -217,11 +249,31 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         "units": kept_units, "units_full": {key: model.units[key].num_units for key in model.placements},
         "history": [[n, bool(o), list(map(int, i))] for n, o, i in dg.pruning_history()],
         "selects": selects, "gates": gates,
-        "factory": getattr(model.net, "pyro_sparse_factory", None),
+        "factory": getattr(model.net, nets.FACTORY_ATTR, None),
     }
     setattr(net, INFO_ATTR, info)
     _check(net, model, example if probe is None else probe, rtol, atol)
     return net
+
+
+def check_guide(model: SparseModel, guide) -> None:
+    """:raises InvalidInputError: ``guide`` is not the guide of ``model``: its sites differ in name or shape."""
+    from pyro_sparse.guides import latent_sites
+
+    names = getattr(guide, "site_names", None)
+    if names is None or not callable(getattr(guide, "posterior", None)):
+        raise InvalidInputError(f"expected the model's guide (pyro_sparse.guides.MeanFieldGuide), got a "
+                                f"{type(guide).__name__}")
+    sites = {name: tuple(prior.shape()) for name, _, _, prior in latent_sites(model)}
+    if set(names) != set(sites):
+        other = sorted(set(names) ^ set(sites))[0]
+        raise InvalidInputError(f"the guide does not belong to this model: site {other!r} is in one and not the "
+                                "other; pass the guide built for this model (MeanFieldGuide(model))")
+    for name, shape in sites.items():
+        got = tuple(guide.posterior(name).batch_shape)
+        if got != shape:
+            raise InvalidInputError(f"the guide does not belong to this model: site {name!r} has shape {list(got)} "
+                                    f"in the guide, {list(shape)} in the model")
 
 
 @torch.no_grad()
@@ -289,74 +341,205 @@ def _record(net: nn.Module):
 
 def save_compact(net: nn.Module, directory: str | os.PathLike) -> None:
     """Write ``compact.json`` (the description) and ``compact.safetensors`` (the tensors) into ``directory``,
-    atomically.
+    atomically. The description records every tensor's name, shape and dtype and the SHA-256 of the tensor file, so
+    that :func:`load_compact` checks the two files against each other before it builds anything.
 
     :raises InvalidInputError: ``net`` is not a network made by :func:`compact`.
+    :raises RunDirError: ``directory`` is a file.
     """
     from .runfiles import atomic_write_bytes
 
     info = getattr(net, INFO_ATTR, None)
-    if info is None:
-        raise InvalidInputError("save_compact takes a network made by pyro_sparse.compact")
+    if not isinstance(net, nn.Module) or not isinstance(info, dict):
+        raise InvalidInputError(f"save_compact takes a network made by pyro_sparse.compact, got a {type(net).__name__}"
+                                " without its pyro_sparse_compact description")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"save_compact: {directory} is a file; expected a directory (new or existing)")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    atomic_write_bytes(directory / COMPACT_WEIGHTS, save(tensors))
-    atomic_write_bytes(directory / COMPACT_SPEC, json.dumps(info, indent=1).encode())
+    data = save(tensors)
+    spec = {**info, "format": COMPACT_FORMAT,
+            "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in tensors.items()},
+            "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_bytes(directory / COMPACT_WEIGHTS, data)
+    atomic_write_bytes(directory / COMPACT_SPEC, json.dumps(spec, indent=1).encode())
 
 
-def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] | None = None,
-                 device: str | torch.device = "cpu") -> nn.Module:
-    """Load a compact network saved by :func:`save_compact`, never unpickling.
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
-    The base network is built fresh — by ``factory()`` (the user's own architecture) or, for the networks of
-    :mod:`pyro_sparse.models`, from the recorded name and options — then the recorded pruning is replayed on it
-    (Torch-Pruning's pruning history), the selects and gates are put back, and the tensors are loaded strictly.
+
+def _bad_spec(path: Path, what: str):
+    raise RunDirError(f"{path} is not a valid compact network description ({what}); expected the files written by "
+                      "pyro_sparse.save_compact")
+
+
+def _is_int(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_compact_spec(directory: str | os.PathLike) -> dict:
+    """The validated ``compact.json`` of ``directory`` (data only: nothing it names is imported or called).
 
     :raises MissingRunFileError: (a FileNotFoundError) the files are not there.
-    :raises InvalidInputError: no ``factory`` for a network that is not one of ``pyro_sparse.models``.
-    :raises RunDirError: (a ValueError) the files are unreadable or do not fit the base network.
+    :raises RunDirError: (a ValueError) unreadable, of another format, or with an entry of the wrong type or range.
     """
-    from pyro_sparse.models import nets
+    from .runfiles import read_json
 
     directory = Path(directory)
     spec_path, weights_path = directory / COMPACT_SPEC, directory / COMPACT_WEIGHTS
     if not spec_path.is_file() or not weights_path.is_file():
         raise MissingRunFileError(f"{directory} holds no compact network ({COMPACT_SPEC} and {COMPACT_WEIGHTS} "
                                   "expected)")
-    try:
-        info = json.loads(spec_path.read_text())
-        if info.get("format") != COMPACT_FORMAT:
-            raise ValueError(f"format {info.get('format')!r}, expected {COMPACT_FORMAT!r}")
-    except Exception as e:
-        raise RunDirError(f"cannot load the compact network from {directory}: {COMPACT_SPEC} is unreadable "
-                          f"({one_line(e)}); expected the files written by pyro_sparse.save_compact") from None
-    if factory is None and info.get("factory") is None:
-        raise InvalidInputError(f"{directory} holds a compact network of a user's own architecture: pass "
-                                "factory=... (a callable returning a fresh, unpruned instance)")
-    try:
-        base = factory() if factory is not None else nets.build(info["factory"]["name"],
-                                                                **info["factory"]["kwargs"])
-        base.eval()
-        import torch_pruning as tp
+    info = read_json(spec_path, "compact network description")
+    if info.get("format") != COMPACT_FORMAT:
+        _bad_spec(spec_path, f"format {info.get('format')!r}, expected {COMPACT_FORMAT!r}")
+    checks = {
+        "method": lambda v: isinstance(v, str),
+        "input_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(_is_int(d, 1) for d in v)
+        and math.prod(v) <= nets.MAX_INPUT_FEATURES,
+        "units": lambda v: isinstance(v, dict) and all(_is_int(n) for n in v.values()),
+        "units_full": lambda v: isinstance(v, dict) and all(_is_int(n) for n in v.values()),
+        "history": lambda v: isinstance(v, list) and all(
+            isinstance(h, list) and len(h) == 3 and isinstance(h[0], str) and isinstance(h[1], bool)
+            and isinstance(h[2], list) and all(_is_int(i) for i in h[2]) for h in v),
+        "selects": lambda v: isinstance(v, dict) and all(_is_int(n, 1) for n in v.values()),
+        "gates": lambda v: isinstance(v, dict) and all(
+            isinstance(g, dict) and set(g) == {"where", "n", "eps", "threshold"} and g["where"] in ("in", "out")
+            and _is_int(g["n"], 1) and _is_number(g["eps"]) and _is_number(g["threshold"]) for g in v.values()),
+        "factory": lambda v: v is None or isinstance(v, dict),
+        "tensors": lambda v: isinstance(v, dict) and all(
+            isinstance(t, dict) and set(t) == {"shape", "dtype"} and isinstance(t["dtype"], str)
+            and isinstance(t["shape"], list) and all(_is_int(d) for d in t["shape"]) for t in v.values()),
+        "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+    }
+    for key, ok in checks.items():
+        if key not in info or not ok(info[key]):
+            _bad_spec(spec_path, f"entry {key!r} is missing or malformed")
+    return info
 
-        dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
-        dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
-        for name, n in info["selects"].items():
-            layer = base.get_submodule(name)
-            tp.prune_linear_in_channels(layer, list(range(n, layer.in_features)))
-            _wrap(base, name, lambda layer, n=n: nn.Sequential(Select(torch.zeros(n, dtype=torch.long)), layer))
-        for name, g in info["gates"].items():
-            gate = DynamicGate(g["n"], g["eps"], g["threshold"])
-            if g["where"] == "out":
-                _wrap(base, name, lambda layer, gate=gate: nn.Sequential(layer, gate))
-            elif name in info["selects"]:
-                _wrap(base, name, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
-            else:
-                _wrap(base, name, lambda layer, gate=gate: nn.Sequential(gate, layer))
-        base.load_state_dict(load_file(str(weights_path)))
+
+def _read_tensors(directory: Path, info: dict) -> dict[str, torch.Tensor]:
+    """The tensors of ``compact.safetensors``, checked against the description: SHA-256, names, shapes, dtypes,
+    finite values. :raises RunDirError: naming the file and what differs."""
+    path = directory / COMPACT_WEIGHTS
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RunDirError(f"{path} is unreadable ({one_line(e)})") from None
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise RunDirError(f"{path} does not match {directory / COMPACT_SPEC} (its SHA-256 differs from the recorded "
+                          "one): the two files come from different saves, or one was changed or truncated")
+    try:
+        tensors = load(data)
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise RunDirError(f"{path} is not a readable safetensors file ({one_line(e)})") from None
+    spec = info["tensors"]
+    if set(tensors) != set(spec):
+        diff = sorted(set(tensors) ^ set(spec))
+        raise RunDirError(f"{path} and {COMPACT_SPEC} name different tensors (e.g. {diff[0]!r})")
+    for name, t in tensors.items():
+        if list(t.shape) != spec[name]["shape"] or _dtype_name(t) != spec[name]["dtype"]:
+            raise RunDirError(f"{path}: tensor {name!r} is {_dtype_name(t)} {list(t.shape)}, {COMPACT_SPEC} records "
+                              f"{spec[name]['dtype']} {spec[name]['shape']}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RunDirError(f"{path}: tensor {name!r} holds non-finite values; expected a trained network's "
+                              "finite weights")
+    return tensors
+
+
+def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] | None = None,
+                 device: str | torch.device = "cpu", *, trust_code: bool = False) -> nn.Module:
+    """Load a compact network saved by :func:`save_compact`. Files are data: nothing is unpickled, and nothing
+    named in the files is imported or called unless ``trust_code=True`` (:mod:`pyro_sparse.trust`).
+
+    Order: the description is validated (types, ranges), the tensor file is checked against it (SHA-256, names,
+    shapes, dtypes, finite values), the base network is built fresh — one of :mod:`pyro_sparse.models` from its
+    recorded name and options, or the user's by ``factory()`` — the recorded pruning is replayed on it
+    (Torch-Pruning's pruning history, module names checked first), the selects and gates are put back, and the
+    tensors are loaded strictly.
+
+    :param factory: a zero-argument callable returning a fresh, unpruned instance of the user's own architecture.
+    :param device: where the network goes (``cpu``, ``cuda``, ``cuda:N``).
+    :param trust_code: import and call the ``package.module:factory`` that ``compact.json`` names (only for files
+        you trust).
+    :raises MissingRunFileError: (a FileNotFoundError) the files are not there.
+    :raises UntrustedCodeError: the files name a user's factory and neither ``factory`` nor ``trust_code`` is given.
+    :raises InvalidInputError: a bad ``factory`` or ``device``.
+    :raises RunDirError: (a ValueError) the files are unreadable, disagree with each other, or do not fit the base
+        network.
+    """
+    directory = Path(directory)
+    device = resolve_device(device)
+    if not isinstance(trust_code, bool):
+        raise InvalidInputError(f"trust_code must be True or False, got {trust_code!r}")
+    info = read_compact_spec(directory)
+    tensors = _read_tensors(directory, info)
+    builder = recorded_network(info["factory"], str(directory / COMPACT_SPEC), factory, trust_code)
+    try:
+        base = builder()
+    except PyroSparseError:
+        raise
     except Exception as e:
-        raise RunDirError(f"cannot load the compact network from {directory} ({one_line(e)}); expected the files "
-                          "written by pyro_sparse.save_compact for this base network") from None
-    setattr(base, INFO_ATTR, info)
+        raise RunDirError(f"cannot build the base network of {directory} ({one_line(e)})") from None
+    if not isinstance(base, nn.Module):
+        raise InvalidInputError(f"the factory returned a {type(base).__name__}, expected an nn.Module")
+    try:
+        base.eval()
+        _replay(base, info)
+    except PyroSparseError:
+        raise
+    except Exception as e:
+        raise RunDirError(f"cannot replay the pruning recorded in {directory / COMPACT_SPEC} on the base network "
+                          f"({one_line(e)}); expected the files written by pyro_sparse.save_compact for it") from None
+    own = base.state_dict()
+    for name, t in tensors.items():
+        if name in own and own[name].shape != t.shape:
+            raise RunDirError(f"{directory / COMPACT_WEIGHTS}: tensor {name!r} has shape {list(t.shape)}, the network "
+                              f"rebuilt from {COMPACT_SPEC} has {list(own[name].shape)}")
+    if set(own) != set(tensors):
+        diff = sorted(set(own) ^ set(tensors))
+        raise RunDirError(f"{directory / COMPACT_WEIGHTS} does not fit the network rebuilt from {COMPACT_SPEC} "
+                          f"(tensor {diff[0]!r} is in one and not the other)")
+    base.load_state_dict(tensors)
+    # the network's description, as compact() made it (the file's own integrity entries stay with the file)
+    setattr(base, INFO_ATTR, {k: v for k, v in info.items() if k not in _FILE_KEYS})
     return base.to(device).eval()
+
+
+def _replay(base: nn.Module, info: dict) -> None:
+    """Replay the recorded pruning, selects and gates on ``base`` (every name checked before it is used)."""
+    import torch_pruning as tp
+
+    modules = dict(base.named_modules())
+    for name, _, _ in info["history"]:
+        if name not in modules or not isinstance(modules[name], (*WEIGHT_LAYERS, *NORM_LAYERS)):
+            raise RunDirError(f"the recorded pruning names {name!r}, which is no prunable layer of the base network")
+    for name in info["selects"]:
+        if not isinstance(modules.get(name), nn.Linear):
+            raise RunDirError(f"the recorded select names {name!r}, which is no nn.Linear of the base network")
+    for name in info["gates"]:
+        if not isinstance(modules.get(name), (*WEIGHT_LAYERS, *NORM_LAYERS)):
+            raise RunDirError(f"the recorded gate names {name!r}, which is no weight or normalisation layer of the "
+                              "base network")
+    dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
+    dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
+    for name, n in info["selects"].items():
+        layer = base.get_submodule(name)
+        if n > layer.in_features:
+            raise RunDirError(f"the recorded select of {name!r} keeps {n} inputs of {layer.in_features}")
+        tp.prune_linear_in_channels(layer, list(range(n, layer.in_features)))
+        _wrap(base, name, lambda layer, n=n: nn.Sequential(Select(torch.zeros(n, dtype=torch.long)), layer))
+    for name, g in info["gates"].items():
+        gate = DynamicGate(g["n"], g["eps"], g["threshold"])
+        if g["where"] == "out":
+            _wrap(base, name, lambda layer, gate=gate: nn.Sequential(layer, gate))
+        elif name in info["selects"]:
+            _wrap(base, name, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
+        else:
+            _wrap(base, name, lambda layer, gate=gate: nn.Sequential(gate, layer))

@@ -13,7 +13,9 @@ Offline use: pass ``root`` (CLI ``--data-root``; default ``$PYRO_SPARSE_DATA`` o
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,11 +93,62 @@ def _digits(noise: bool) -> Dataset:
     return Dataset(name, x_tr, torch.tensor(y_tr), x_te, torch.tensor(y_te), 10)
 
 
+#: IDX magic numbers (LeCun's format): unsigned bytes, 3 dimensions (images) / 1 dimension (labels)
+IDX_IMAGES, IDX_LABELS = 2051, 2049
+
+
+def _idx_header(path: Path, magic: int, dims: int) -> list[int]:
+    """The sizes in the header of the IDX file ``path``, checked against its magic number and its length.
+
+    :raises ValueError: another magic number, a short header, or a length other than the header says."""
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * dims)
+    if len(head) < 4 + 4 * dims:
+        raise ValueError(f"{path.name}: header of {len(head)} bytes")
+    found, *sizes = struct.unpack(f">I{dims}I", head)
+    if found != magic:
+        raise ValueError(f"{path.name}: magic number {found}, expected {magic}")
+    size = path.stat().st_size
+    if size != 4 + 4 * dims + math.prod(sizes):
+        raise ValueError(f"{path.name}: {size} bytes, its header {sizes} says {4 + 4 * dims + math.prod(sizes)}")
+    return sizes
+
+
+def check_idx_files(folder: Path) -> None:
+    """Check the four IDX files in ``folder`` against their headers and each other: magic numbers, file lengths,
+    28×28 images, as many images as labels in each split.
+
+    :raises ValueError: naming the file and what differs."""
+    for split in ("train", "t10k"):
+        images = _idx_header(folder / f"{split}-images-idx3-ubyte", IDX_IMAGES, 3)
+        labels = _idx_header(folder / f"{split}-labels-idx1-ubyte", IDX_LABELS, 1)
+        if images[1:] != [28, 28]:
+            raise ValueError(f"{split}-images-idx3-ubyte: images of {images[1]}x{images[2]} pixels, expected 28x28")
+        if images[0] != labels[0]:
+            raise ValueError(f"{split}-images-idx3-ubyte holds {images[0]} images but {split}-labels-idx1-ubyte "
+                             f"{labels[0]} labels")
+
+
+def _check_arrays(x: torch.Tensor, y: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+    """:raises ValueError: ``x`` not ``[N, *shape]`` or ``y`` not ``[N]`` labels in 0–9."""
+    if tuple(x.shape[1:]) != shape or y.shape != x.shape[:1]:
+        raise ValueError(f"{what}: images {list(x.shape)} and labels {list(y.shape)}, expected [N, "
+                         f"{', '.join(map(str, shape))}] and [N]")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ValueError(f"{what}: labels from {int(y.min())} to {int(y.max())}, expected 0–9")
+
+
 def _torchvision(name: str, root: str, download: bool) -> Dataset:
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
     folder = Path(root) / cls.__name__ / "raw"
+    if all((folder / f).is_file() for f in _IDX_FILES):
+        try:
+            check_idx_files(folder)
+        except (OSError, ValueError) as e:
+            raise DataFormatError(f"{name} files in {folder} are not valid IDX files ({one_line(e)}); expected the "
+                                  f"original {', '.join(_IDX_FILES)}") from None
     try:
         train = cls(root=root, train=True, download=download)
         test = cls(root=root, train=False, download=download)
@@ -115,6 +168,11 @@ def _torchvision(name: str, root: str, download: bool) -> Dataset:
 
     x_tr, y_tr = to_tensor(train)
     x_te, y_te = to_tensor(test)
+    try:
+        _check_arrays(x_tr, y_tr, (1, 28, 28), "train")
+        _check_arrays(x_te, y_te, (1, 28, 28), "test")
+    except ValueError as e:
+        raise DataFormatError(f"{name} files in {folder} are not valid ({one_line(e)})") from None
     return Dataset(name, x_tr, y_tr, x_te, y_te, 10)
 
 
@@ -137,13 +195,13 @@ def _cifar10(root: str) -> Dataset:
                                     "--data-root (or set PYRO_SPARSE_DATA) to the folder that contains CIFAR10/")
     else:
         try:
-            x, y = np.load(folder / _CIFAR_FILES[0], allow_pickle=False), np.load(folder / _CIFAR_FILES[1],
-                                                                                    allow_pickle=False)
-            if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or y.shape != (x.shape[0],):
-                raise ValueError(f"images {x.shape} {x.dtype}, labels {y.shape}")
+            x, y = _cifar_arrays(folder, "train")
+            _cifar_arrays(folder, "test")  # checked alike, though the offline protocol does not test on them
+            if x.shape[0] <= CIFAR_OFFLINE_TRAIN:
+                raise ValueError(f"train_images.npy holds {x.shape[0]} images, expected the 50,000 of CIFAR-10")
         except Exception as e:
             raise DataFormatError(f"cifar10 files in {folder} are not the expected arrays ({one_line(e)}); expected "
-                                  "uint8 images [N, 32, 32, 3] and labels [N]") from None
+                                  "uint8 images [N, 32, 32, 3] and integer labels [N] in 0–9") from None
         x_tr, y_tr = x[:CIFAR_OFFLINE_TRAIN], y[:CIFAR_OFFLINE_TRAIN]
         x_te, y_te = x[CIFAR_OFFLINE_TRAIN:], y[CIFAR_OFFLINE_TRAIN:]
 
@@ -152,6 +210,22 @@ def _cifar10(root: str) -> Dataset:
                 torch.from_numpy(np.asarray(labels)).long())
 
     return Dataset("cifar10", *to_tensor(x_tr, y_tr), *to_tensor(x_te, y_te), 10)
+
+
+def _cifar_arrays(folder: Path, split: str):
+    """``{split}_images.npy`` / ``{split}_labels.npy`` read as plain arrays (``allow_pickle=False``) and checked:
+    uint8 images ``[N, 32, 32, 3]``, integer labels ``[N]`` in 0–9. :raises ValueError: naming the file."""
+    import numpy as np
+
+    x = np.load(folder / f"{split}_images.npy", allow_pickle=False)
+    y = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
+    if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
+        raise ValueError(f"{split}_images.npy is {x.dtype} {list(x.shape)}")
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+        raise ValueError(f"{split}_labels.npy is {y.dtype} {list(y.shape)} beside {x.shape[0]} images")
+    if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ValueError(f"{split}_labels.npy holds labels from {int(y.min())} to {int(y.max())}")
+    return x, y
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> Dataset:

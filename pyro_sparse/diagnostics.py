@@ -24,7 +24,10 @@ import numpy as np
 import pyro
 import torch
 
+from .compact import check_guide
 from .distributions import normal_log_alpha
+from .errors import InvalidInputError
+from .sparsify import SparseModel
 
 
 def _short(name: str) -> str:
@@ -49,18 +52,42 @@ def _sparse_sites(model, guide):
 
 @torch.no_grad()
 def to_inference_data(model, guide, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100, seed: int = 0):
-    """``arviz.InferenceData`` of a trained ``model`` / ``guide`` on the examples ``x [n, ...]``, ``y [n]``.
+    """``arviz.InferenceData`` of a trained ``model`` / ``guide`` on the examples ``x [n, *input_shape]``, ``y [n]``.
 
-    :param num_samples: posterior draws (one chain).
-    :raises ValueError: ``x`` and ``y`` differ in length, or ``num_samples < 1``.
+    The draws use their own seed: the caller's random state (torch, NumPy, Python, as Pyro seeds them) and the
+    train/eval modes of ``model`` and ``guide`` are restored on return.
+
+    :param num_samples: posterior draws (one chain), ``>= 1``.
+    :param seed: seed of the draws.
+    :raises InvalidInputError: (a ValueError) not a sparsified model with its own guide, ``x`` of another shape than
+        the model's inputs, ``x`` and ``y`` of different lengths, labels that are not integers, ``num_samples < 1``.
     """
     import arviz as az
+    from pyro.util import get_rng_state, set_rng_state
 
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    pyro.set_rng_seed(seed)
+    if not isinstance(model, SparseModel):
+        raise InvalidInputError(f"to_inference_data takes a sparsified model (sparsify, build_model), got a "
+                                f"{type(model).__name__}")
+    check_guide(model, guide)
+    if not torch.is_tensor(x) or tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise InvalidInputError(f"x must be inputs [n, {', '.join(map(str, model.input_shape))}], got "
+                                f"{list(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    if not torch.is_tensor(y) or y.shape != x.shape[:1] or y.is_floating_point():
+        raise InvalidInputError(f"x has {x.shape[0]} examples; y must be as many integer labels [n], got "
+                                f"{list(y.shape) if torch.is_tensor(y) else type(y).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise InvalidInputError(f"num_samples must be >= 1, got {num_samples!r}")
+    state, modes = get_rng_state(), (model.training, guide.training)
+    try:
+        pyro.set_rng_seed(seed)
+        return _inference_data(az, model, guide, x, y, num_samples)
+    finally:
+        set_rng_state(state)
+        model.train(modes[0])
+        guide.train(modes[1])
+
+
+def _inference_data(az, model, guide, x, y, num_samples):
     device = next(iter(guide.parameters()), torch.zeros(())).device
     x, y = x.to(device), y.to(device)
     posterior, dims = {}, {}

@@ -33,6 +33,12 @@ class RunLockedError(RunDirError):
     """Another process is writing the run directory (one writer per run directory)."""
 
 
+class UntrustedCodeError(PyroSparseError, ValueError):
+    """A file (``compact.json``, ``config.json``) names code to run — a user's ``package.module:factory`` — and the
+    caller neither passed that code nor opted in with ``trust_code=True`` / ``--trust-code``
+    (:mod:`pyro_sparse.trust`). Nothing was imported."""
+
+
 class CheckpointError(PyroSparseError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .errors import InvalidInputError
+
 
 @torch.inference_mode()
 def classification_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
@@ -197,11 +199,13 @@ def summarize(compact: nn.Module, full: nn.Module, example_input: torch.Tensor, 
         averages.
     :param latency_batches: measure CPU latency (median seconds, :func:`compare_latency`) at these batch sizes:
         ``latency_full_b{B}``, ``latency_compact_b{B}``, ``speedup_measured_b{B}``.
+    :raises InvalidInputError: an argument of the wrong kind, shape or range.
     :returns: keys ``test_error``, ``units``, ``units_full`` (per weight layer, see the module docstring),
         ``units_kept``/``units_latent`` (per unit latent, from the compact description), ``n_weights``,
         ``n_nonzero``, ``compression``, ``layer_sparsity``, ``flops``, ``flops_full``, ``flops_speedup``,
         ``params``, ``params_full``, ``memory_fraction``.
     """
+    _check_summarize_args(compact, full, example_input, x_test, y_test, latency_batches, repeats)
     fractions = gate_fractions(compact, x_test) if x_test is not None else {}
     c, f = network_cost(compact, example_input, fractions), network_cost(full, example_input)
     n_weights = sum(n for n, _ in f["layers"])
@@ -227,6 +231,27 @@ def summarize(compact: nn.Module, full: nn.Module, example_input: torch.Tensor, 
         out[f"latency_full_b{bs}"], out[f"latency_compact_b{bs}"] = t_full, t_comp
         out[f"speedup_measured_b{bs}"] = t_full / t_comp
     return out
+
+
+def _check_summarize_args(compact, full, example_input, x_test, y_test, latency_batches, repeats) -> None:
+    """:raises InvalidInputError: an argument of :func:`summarize` of the wrong kind, shape or range (one line)."""
+    if not isinstance(compact, nn.Module) or not isinstance(full, nn.Module):
+        raise InvalidInputError(f"summarize takes the compact and the full network as nn.Modules, got "
+                                f"{type(compact).__name__} and {type(full).__name__}")
+    if not torch.is_tensor(example_input) or example_input.dim() < 2 or not example_input.is_floating_point():
+        raise InvalidInputError("summarize: example_input must be a float batch [B, *input_shape]")
+    if (x_test is None) != (y_test is None):
+        raise InvalidInputError("summarize: give x_test and y_test together (or neither)")
+    if x_test is not None and (not torch.is_tensor(x_test) or not torch.is_tensor(y_test)
+                               or tuple(x_test.shape[1:]) != tuple(example_input.shape[1:])
+                               or y_test.shape != x_test.shape[:1]):
+        raise InvalidInputError(f"summarize: x_test must be [N, {', '.join(map(str, example_input.shape[1:]))}] and "
+                                "y_test [N] labels")
+    if not isinstance(latency_batches, (tuple, list)) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in latency_batches):
+        raise InvalidInputError(f"summarize: latency_batches must be positive batch sizes, got {latency_batches!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InvalidInputError(f"summarize: repeats must be a positive integer, got {repeats!r}")
 
 
 @torch.inference_mode()

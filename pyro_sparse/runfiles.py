@@ -15,6 +15,7 @@ system releases the lock of a killed process; the next writer finds its PID in t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -97,6 +98,18 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     for key, kind in (("method", str), ("arch", str), ("dataset", str), ("args", dict), ("config", dict)):
         if not isinstance(cfg.get(key), kind):
             raise RunDirError(f"{path} lacks a valid {key!r} entry (expected a {kind.__name__}); the file is damaged")
+    for key in ("method", "arch", "dataset"):
+        if key in cfg["args"] and cfg["args"][key] != cfg[key]:
+            raise RunDirError(f"{path}: {key!r} is {cfg[key]!r} but the recorded options say {cfg['args'][key]!r}; "
+                              "the file is damaged or was edited")
+    shape = cfg.get("input_shape", [])
+    checks = (("input_shape", isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                              and d > 0 for d in shape), "a list of positive ints"),
+              ("data_root", cfg.get("data_root") is None or isinstance(cfg["data_root"], str), "a path or null"),
+              ("net_kwargs", isinstance(cfg.get("net_kwargs", {}), dict), "an object"))
+    for key, ok, expected in checks:
+        if not ok:
+            raise RunDirError(f"{path}: entry {key!r} is not {expected}; the file is damaged")
     return cfg
 
 
@@ -128,10 +141,21 @@ def read_log(run_dir: str | os.PathLike, torn_ok: bool = True) -> list[dict]:
     return records
 
 
+def config_digest(run_dir: str | os.PathLike) -> str | None:
+    """SHA-256 (hex) of ``RUN_DIR/config.json``, or ``None`` where there is none: checkpoints and compact networks
+    written into a run directory record it, so that a file of another run is recognised."""
+    path = Path(run_dir) / CONFIG
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def load_checkpoint(run_dir: str | os.PathLike) -> dict:
     """Read ``RUN_DIR/checkpoint.pt`` safely (``weights_only=True``: no arbitrary unpickling).
 
-    :raises CheckpointError: missing, unreadable, corrupted, or without the keys of a pyro-sparse checkpoint.
+    A checkpoint written by this version records the SHA-256 of the run's ``config.json``; where both are there
+    they must agree (a checkpoint copied from another run is refused).
+
+    :raises CheckpointError: missing, unreadable, corrupted, without the keys of a pyro-sparse checkpoint, or of
+        another run than ``config.json``.
     """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
@@ -143,6 +167,10 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or not _CHECKPOINT_KEYS <= set(ckpt) or not isinstance(ckpt["epoch"], int):
         raise CheckpointError(f"checkpoint {path} is not a pyro-sparse checkpoint (expected the keys "
                               f"{', '.join(sorted(_CHECKPOINT_KEYS))})")
+    recorded, digest = ckpt.get("config_sha256"), config_digest(run_dir)
+    if recorded is not None and digest is not None and recorded != digest:
+        raise CheckpointError(f"checkpoint {path} belongs to another run: it was written under another "
+                              f"{CONFIG} (SHA-256 differs); expected the checkpoint of this run")
     return ckpt
 
 

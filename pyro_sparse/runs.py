@@ -1,29 +1,48 @@
-"""Rebuild a run's model and guide from ``RUN_DIR`` (``config.json`` + ``checkpoint.pt``, never unpickling)."""
+"""Rebuild a run's model and guide from ``RUN_DIR`` (``config.json`` + ``checkpoint.pt``): data only, never
+unpickling, never importing what the files name unless the caller opts in (:mod:`pyro_sparse.trust`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
 
-def load_run(run_dir: str | Path, device: str = "cpu"):
+from .errors import CheckpointError, RunDirError, one_line
+from .runfiles import CONFIG, load_checkpoint, read_config
+from .trust import recorded_network
+
+#: the sparsify options that ``pyro-sparse train`` records in ``config.json`` (``net_kwargs``)
+RECORDED_OPTIONS = ("temperature",)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], nn.Module] | None = None,
+             trust_code: bool = False):
     """``(model, guide, config)`` of the run in ``run_dir`` with the weights of its last checkpoint.
 
-    :raises RunDirError: ``config.json`` missing, corrupted or of another version.
-    :raises CheckpointError: missing or corrupted checkpoint, or one that does not fit the recorded model.
+    :param factory: builds the user's own architecture that ``config.json`` names (``package.module:factory``).
+    :param trust_code: import the factory that ``config.json`` names instead (only for files you trust).
+    :raises RunDirError: ``config.json`` missing, corrupted, of another version, or not describing a model.
+    :raises UntrustedCodeError: a user's architecture without ``factory`` or ``trust_code``.
+    :raises CheckpointError: missing or corrupted checkpoint, one of another run, or one that does not fit the
+        recorded model.
     """
     from pyro_sparse.guides import MeanFieldGuide
     from pyro_sparse.models import build_model
 
-    from .errors import CheckpointError, RunDirError, one_line
-    from .runfiles import load_checkpoint, read_config
-
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     ckpt = load_checkpoint(run_dir)
+    source = run_dir / CONFIG
+    options = cfg.get("net_kwargs", {})
+    if not isinstance(options, dict) or not set(options) <= set(RECORDED_OPTIONS):
+        raise RunDirError(f"{source}: 'net_kwargs' must hold only {', '.join(RECORDED_OPTIONS)}; the file is damaged")
+    arch = cfg["arch"]
+    builder = recorded_network({"name": arch, "kwargs": {}}, str(source), factory, trust_code) if ":" in arch else None
     try:
-        model = build_model(cfg["arch"], cfg["method"], tuple(cfg["input_shape"]), 10, **cfg["net_kwargs"])
+        model = build_model(arch, cfg["method"], tuple(cfg["input_shape"]), 10, factory=builder, **options)
     except (KeyError, TypeError, ValueError) as e:
-        raise RunDirError(f"{run_dir / 'config.json'} does not describe a model ({one_line(e)})") from None
+        raise RunDirError(f"{source} does not describe a model ({one_line(e)})") from None
     guide = MeanFieldGuide(model)
     try:
         model.load_state_dict(ckpt["model"])

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -59,7 +60,7 @@ from torch.func import functional_call
 from pyro_sparse.models.architectures import Classifier
 
 from .distributions import LogUniform, normal_log_alpha
-from .errors import InvalidInputError, UnsupportedModelError
+from .errors import InvalidInputError, UnsupportedModelError, one_line
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
 from .nn.units import _broadcast_units
@@ -274,6 +275,34 @@ class SparseModel(Classifier):
         ref = self.__dict__.get("_guide_ref")
         return None if ref is None else ref()
 
+    def set_thresholds(self, weight: float | None = None, unit: float | None = None) -> None:
+        """Set the keep rules' thresholds (``None``: leave as is) that the ``.eval()`` network and
+        :func:`pyro_sparse.compact` read: ``weight`` is the log α threshold of latent weights (SVD; weights with
+        log α ≥ it are pruned), ``unit`` the SNR (SBP) or E[π] (BB, DBB) threshold of unit latents (units below it
+        are pruned).
+
+        :raises InvalidInputError: a threshold for a rule this model does not have (e.g. ``weight`` on an SBP model),
+            a non-finite value, or a unit threshold ``<= 0``.
+        """
+        for kind, value, has in (("weight", weight, bool(self.weight_layers)), ("unit", unit, bool(self.placements))):
+            if value is None:
+                continue
+            if not has:
+                other = "unit" if kind == "weight" else "weight"
+                raise InvalidInputError(
+                    f"a {kind} threshold applies to {'latent weights (svd)' if kind == 'weight' else 'unit latents'}; "
+                    f"this {self.method} model has none (its keep rule takes a {other} threshold)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    kind == "unit" and not value > 0):
+                bound = " > 0" if kind == "unit" else ""
+                raise InvalidInputError(f"the {kind} threshold must be a finite number{bound}, got {value!r}")
+            self.thresholds[kind] = float(value)
+
+    def weight_threshold(self) -> float:
+        """The log α threshold of the latent weights' keep rule: the one set, else the method's default (3)."""
+        value = self.thresholds["weight"]
+        return METHODS[self.method].threshold if value is None else value
+
     def site_name(self, container: str, key: str, attr: str) -> str:
         return f"{container}.{key}.{attr}"
 
@@ -374,25 +403,41 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         groups, execution order); its shape fixes ``input_shape``.
     :param include, exclude: selectors (see the module docstring); ``exclude`` wins.
     :param num_data: N, the training-set size (the likelihood is scaled by N/B; the training engine sets it).
-    :param options: passed to every unit module (``temperature``, ``alpha_over_k``, ``a``/``b`` for SBP,
-        ``rho2`` for DBB), or ``threshold`` (the keep rule's threshold in ``.eval()`` mode).
-    :raises InvalidInputError: unknown method, bad selector, nothing selected, an example input without a batch dim.
+    :param options: ``threshold``: the keep rule's threshold of every method, read by the ``.eval()`` network and
+        by :func:`pyro_sparse.compact` (log α for SVD, default 3; SNR for SBP, default 1; E[π] for BB/DBB, default
+        1e-3; :meth:`SparseModel.set_thresholds`); the rest go to the unit modules that take them
+        (``temperature``, ``alpha_over_k`` for BB/DBB; ``a``/``b`` for SBP; ``rho2``, ``eps``, ``momentum`` for DBB).
+        SVD takes no other option.
+    :raises InvalidInputError: unknown method or option (naming the valid ones), bad selector, nothing selected,
+        ``example_input`` not a finite float batch whose forward pass gives logits ``[B, classes]`` (e.g. an
+        unbatched example), a bad ``num_data`` or threshold.
     :raises UnsupportedModelError: a channel group passes through a layer that cannot be pruned exactly (the message
         names it and the way out: ``exclude`` its producer), or the tracer cannot follow the network.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(net, nn.Module):
         raise InvalidInputError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    if not torch.is_tensor(example_input) or example_input.dim() < 2:
-        raise InvalidInputError("example_input must be a batch tensor [B, *input_shape], got "
+    if not torch.is_tensor(example_input) or example_input.dim() < 2 or example_input.shape[0] < 1:
+        raise InvalidInputError("example_input must be a batch tensor [B, *input_shape] with B >= 1, got "
                                 f"{list(example_input.shape) if torch.is_tensor(example_input) else example_input!r}")
+    if not example_input.is_floating_point() or example_input.device.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"example_input must be a float tensor on cpu or cuda (a batch of real inputs), got "
+                                f"{example_input.dtype} on {example_input.device}")
+    if not bool(torch.isfinite(example_input).all()):
+        raise InvalidInputError("example_input holds non-finite values; expected a batch of real inputs")
+    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1):
+        raise InvalidInputError(f"num_data must be the number of training examples (a positive integer), got "
+                                f"{num_data!r}")
     spec = METHODS[method]
+    threshold = options.pop("threshold", None)
+    options = _unit_options(spec, options)
     net = copy.deepcopy(net)
     example_input = example_input.detach().to(next(iter(net.parameters()), example_input).device)
-    threshold = options.pop("threshold", None)
+    _check_batched(net, example_input)
     model = SparseModel(net, spec, tuple(example_input.shape[1:]), num_data, example_input)
-    model.thresholds["unit"] = threshold
+    _check_selector(include, "include")
+    _check_selector(exclude, "exclude")
     chosen = {name: m for name, m in net.named_modules()
               if isinstance(m, spec.layer_types) and (include is None or matches(include, name, m))
               and not matches(exclude, name, m)}
@@ -400,15 +445,65 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         raise InvalidInputError(f"sparsify({method!r}): no layer selected (supported types: "
                                 f"{', '.join(t.__name__ for t in spec.layer_types)}); check include/exclude")
     if spec.kind == "weights":
+        model.weight_layers = {key_of(name): name for name in chosen}
+        model.set_thresholds(weight=threshold)
         for name, m in chosen.items():
             model.weights[key_of(name)] = WeightSite(m.weight, spec.prior)
-            model.weight_layers[key_of(name)] = name
             weight = m.weight.detach()
             del m.weight  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
             m.register_buffer("weight", weight)
         return model
     _place_units(model, net, spec, chosen, example_input, options)
+    model.set_thresholds(unit=threshold)
     return model
+
+
+def _unit_options(spec: Method, options: dict) -> dict:
+    """``options`` checked against what the method's unit modules take (``threshold`` is taken out before).
+
+    :raises InvalidInputError: an option the method does not use, naming the valid ones."""
+    valid: list[str] = []
+    for factory in (spec.unit, spec.shared_unit) if spec.kind == "units" else ():
+        if factory is not None:
+            valid += [p for p in inspect.signature(factory).parameters if p != "num_units" and p not in valid]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidInputError(f"sparsify({spec.name!r}): unknown option(s) {', '.join(map(repr, unknown))}; valid: "
+                                f"{', '.join(['threshold', *valid])}")
+    return options
+
+
+def _check_selector(selector, what: str) -> None:
+    """:raises InvalidInputError: ``selector`` (or an item of it) is not a type, glob, predicate or list of these."""
+    items = selector if isinstance(selector, (list, tuple, set, frozenset)) else [selector]
+    for item in items:
+        if item is not None and not isinstance(item, (type, str)) and not callable(item):
+            raise InvalidInputError(f"{what} selector {item!r}: expected a module type, a name glob, a predicate "
+                                    "(name, module) -> bool, or a list of these")
+
+
+def _check_batched(net: nn.Module, example_input: torch.Tensor) -> None:
+    """One forward pass of ``example_input``: it must give logits ``[B, classes]`` for its ``B`` examples.
+
+    :raises InvalidInputError: the pass fails, or gives another shape (e.g. an unbatched example that a conv layer
+        took for a batch of one)."""
+    was_training = net.training
+    net.eval()
+    b = example_input.shape[0]
+    try:
+        with torch.no_grad():
+            out = net(example_input)
+    except Exception as e:
+        raise InvalidInputError(f"net(example_input) failed on inputs {list(example_input.shape)} ({one_line(e)}); "
+                                "example_input must be a batch [B, *input_shape] (add the batch dim: "
+                                "x.unsqueeze(0))") from None
+    finally:
+        net.train(was_training)
+    if not torch.is_tensor(out) or out.dim() != 2 or out.shape[0] != b:
+        got = list(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise InvalidInputError(f"net(example_input) gave {got} for inputs {list(example_input.shape)}; expected "
+                                f"logits [{b}, classes]: example_input must be a batch [B, *input_shape] (add the "
+                                "batch dim: x.unsqueeze(0))")
 
 
 def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options) -> None:
@@ -470,8 +565,9 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
     for _, key, k, places in sorted(units, key=lambda u: u[0]):
         shared = len(places) > 1 or any(p.index is not None for p in places)
         factory = spec.shared_unit if shared and spec.shared_unit is not None else spec.unit
+        takes = inspect.signature(factory).parameters
         try:
-            unit = factory(k, **options)
+            unit = factory(k, **{name: v for name, v in options.items() if name in takes})
         except TypeError as e:
             raise InvalidInputError(f"sparsify({spec.name!r}): bad option ({e})") from None
         model.units[key] = unit

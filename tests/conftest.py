@@ -8,6 +8,10 @@ import torch
 import pyro_sparse  # noqa: F401  (registers the KLs; changes no Pyro setting)
 
 REPO = Path(__file__).resolve().parents[1]
+#: every test, module-scoped fixtures included, runs with the same number of threads (results in float32 depend on
+#: it): pinned here, at collection, whatever OMP_NUM_THREADS says
+THREADS = 2
+torch.set_num_threads(THREADS)
 
 
 def pytest_addoption(parser):
@@ -39,5 +43,5 @@ def _seed():
     as a script would."""
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield

@@ -75,10 +75,22 @@ def _fake_mnist(tmp, images_magic=2051, truncate=False):
 
 
 def _cfg_edit(runs, name, tmp, **changes):
+    """A copy of run ``name`` whose ``config.json`` differs by ``changes``, as if the run had been made so: its
+    checkpoint and compact network record the edited file's SHA-256 (without that they are refused as another
+    run's)."""
     d = _copy(runs, name, tmp)
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(changes)
+    cfg["args"].update({k: v for k, v in changes.items() if k in cfg["args"]})  # the recorded options alike
     (d / "config.json").write_text(json.dumps(cfg))
+    ckpt = torch.load(d / "checkpoint.pt", weights_only=True)
+    digest = hashlib.sha256((d / "config.json").read_bytes()).hexdigest()
+    ckpt["config_sha256"] = digest
+    torch.save(ckpt, d / "checkpoint.pt")
+    if (d / "compact.json").is_file():
+        spec = json.loads((d / "compact.json").read_text())
+        spec["config_sha256"] = digest
+        (d / "compact.json").write_text(json.dumps(spec))
     return d
 
 
@@ -178,7 +190,7 @@ CLI = [
     ("resume-batch", lambda r, t: [*BASE, "--out", str(r / "cut"), "--resume", "--batch-size", "50"],
      "--batch-size 50 contradicts the recorded 100"),
     ("resume-thr", lambda r, t: [*BASE, "--out", str(r / "cut"), "--resume", "--weight-threshold", "2"],
-     "--weight-threshold 2.0 contradicts the recorded 3.0"),
+     "--weight-threshold 2.0 contradicts the recorded default"),
     ("resume-method", lambda r, t: [*SBP, "--out", str(r / "cut"), "--resume"], "--method 'sbp' contradicts"),
     ("resume-epochs", lambda r, t: [*BASE, "--out", str(r / "cut"), "--resume", "--epochs", "9"],
      "--epochs 9 contradicts the recorded 2"),
@@ -203,7 +215,7 @@ CLI = [
     ("resume-ckpt-pickle", lambda r, t: [*BASE, "--out", str(_torch_file(r, "cut", t, {"a": print})),
                                          "--resume"], "unreadable or corrupted"),
     ("resume-ckpt-other", lambda r, t: [*BASE, "--out", str(_swap_ckpt(r, "cut", "sbp", t)), "--resume"],
-     "does not fit this model"),
+     "belongs to another run"),
     ("resume-log", lambda r, t: [*BASE, "--out", str(_damage(r, "cut", t, "log.jsonl", "garbage\n{}\n")),
                                  "--resume"], "log.jsonl line 1 is corrupted"),
     # -- evaluate
@@ -212,13 +224,13 @@ CLI = [
      "is not a readable JSON run configuration"),
     ("eval-unfinished", lambda r, t: ["evaluate", str(r / "cut")], "holds no compact network"),
     ("eval-spec", lambda r, t: ["evaluate", str(_damage(r, "svd", t, "compact.json", "{]"))],
-     "cannot load the compact network"),
+     "is not a readable JSON compact network description"),
     ("eval-weights", lambda r, t: ["evaluate", str(_damage(r, "svd", t, "compact.safetensors", b"abc"))],
-     "cannot load the compact network"),
+     "SHA-256 differs"),
     ("eval-weights-truncated", lambda r, t: ["evaluate", str(_truncate(r, "svd", t, "compact.safetensors"))],
-     "cannot load the compact network"),
+     "SHA-256 differs"),
     ("eval-mismatch", lambda r, t: ["evaluate", str(_swap(r, "svd", "dense_noise", t, "compact.safetensors"))],
-     "cannot load the compact network"),
+     "SHA-256 differs"),
     ("eval-dataset", lambda r, t: ["evaluate", str(_cfg_edit(r, "svd", t, dataset="cifar"))], "unknown dataset"),
     ("eval-device", lambda r, t: ["evaluate", str(r / "svd"), "--device", "tpu"], "expected cpu or cuda"),
     # -- report
@@ -354,7 +366,7 @@ def _api_cases():
         ("compact-missing", lambda r, t: lambda: load_compact(r / "cut"), FileNotFoundError,
          "holds no compact network"),
         ("compact-garbage", on(lambda r, t: _damage(r, "svd", t, "compact.json", "[]"), load_compact),
-         errors.RunDirError, "cannot load the compact network"),
+         errors.RunDirError, "expected a JSON object, got a list"),
         ("data-name", lambda r, t: lambda: load_dataset("cifar"), ValueError, "unknown dataset 'cifar'"),
         ("data-root", lambda r, t: lambda: load_dataset("mnist", t / "nowhere"), errors.DataNotFoundError,
          "train-images-idx3-ubyte"),

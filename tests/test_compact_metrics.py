@@ -131,5 +131,5 @@ def test_load_compact_errors(tmp_path):
         load_compact(tmp_path)
     (tmp_path / "compact.json").write_text("{not json")
     (tmp_path / "compact.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot load"):
+    with pytest.raises(ValueError, match="not a readable JSON"):
         load_compact(tmp_path)

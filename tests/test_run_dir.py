@@ -35,6 +35,8 @@ def _state(run_dir):
             d = {k: v for k, v in json.loads(f.read_text()).items() if k not in TIMING | {"command"}}
             d.get("args", {}).pop("out", None)
             out[f.name] = d
+        elif f.name == "compact.json":  # names the run's config.json, which differs by its --out
+            out[f.name] = {k: v for k, v in json.loads(f.read_text()).items() if k != "config_sha256"}
         elif f.name == "checkpoint.pt":
             ck = torch.load(f, weights_only=True)
             out[f.name] = (ck["epoch"], {k: v.tolist() for part in ("model", "guide") for k, v in ck[part].items()})

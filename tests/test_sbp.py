@@ -246,3 +246,25 @@ def test_guide_prepares_its_sbp_sites_together():
     assert len(qs) == 3
     nodes = {q.__dict__["_unit_cache"][0].grad_fn.next_functions[0][0] for q in qs}
     assert len(nodes) == 1  # the entropies are views of one fused node's output
+
+
+@pytest.mark.parametrize("sds", [25.0, 30.5, 40.0, 100.0, 1000.0])
+@pytest.mark.parametrize("side", ["below a", "above b"])
+def test_entropy_far_in_the_tails_against_mpmath(sds, side):
+    """The truncated normal's entropy where the interval [a, b] lies ``sds`` standard deviations into a tail (the
+    series takes over from 30 on), against the closed form evaluated with 60-digit arithmetic (mpmath): an error of
+    a constant there (e.g. one nat) fails."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+    a, b, scale = -20.0, 0.0, 0.05
+    loc = b + sds * scale if side == "above b" else a - sds * scale
+    q = TruncatedLogNormal(torch.tensor([loc], dtype=torch.float64), torch.tensor([scale], dtype=torch.float64),
+                           a, b)
+    alpha, beta = (mpmath.mpf(a) - loc) / scale, (mpmath.mpf(b) - loc) / scale
+    # Z = Φ(β) − Φ(α), written as a difference of lower-tail values on either side (no cancellation of 1 − 1)
+    z = mpmath.ncdf(beta) - mpmath.ncdf(alpha) if alpha < 0 else mpmath.ncdf(-alpha) - mpmath.ncdf(-beta)
+    pdf = mpmath.npdf
+    exact = (mpmath.log(scale) + mpmath.log(2 * mpmath.pi * mpmath.e) / 2 + mpmath.log(z)
+             + (alpha * pdf(alpha) - beta * pdf(beta)) / (2 * z))
+    assert float(q.entropy()[0]) == pytest.approx(float(exact), abs=1e-6)

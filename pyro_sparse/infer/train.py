@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from pyro_sparse.models.architectures import Classifier
 
-from ..compact import compact, full_network, save_compact
+from ..compact import check_guide, compact, full_network, save_compact
 from ..data import AUGMENTATIONS, Dataset, augment
+from ..devices import resolve_device
 from ..errors import CheckpointError, DivergenceError, InvalidInputError
 from ..metrics import classification_error, network_cost, summarize
 from ..nn import set_train_clip
@@ -42,6 +43,7 @@ from ..runfiles import (
     append_line,
     atomic_torch_save,
     atomic_write_json,
+    config_digest,
     load_checkpoint,
 )
 from ..runfiles import recover as recover_run_dir
@@ -70,6 +72,10 @@ class TrainConfig:
         ``step`` (×0.1 at 50% and 80% of the epochs).
     :ivar warmup_start, warmup_end: KL weight β is 0 before epoch ``warmup_start`` and rises linearly to 1 at
         ``warmup_end`` (equal values: no warm-up).
+    :ivar weight_threshold: SVD's keep rule: weights with log α ≥ this are pruned; ``None`` (default): the method's
+        3. Refused for a model without latent weights.
+    :ivar unit_threshold: the unit methods' keep rule: units with SNR (SBP) or E[π] (BB, DBB) below this are pruned;
+        ``None`` (default): the method's 1 / 1e-3. Refused for a model without unit latents.
     :ivar train_clip_from: SVD only: from this epoch on (0-based, like ``warmup_start``) weights with
         log α ≥ ``weight_threshold`` also leave the training-time mean (:func:`pyro_sparse.nn.set_train_clip`, the
         reference code's ``train_clip``); before it clipping is off. ``None``: the model's own setting is kept.
@@ -103,7 +109,7 @@ class TrainConfig:
     warmup_end: int = 0
     seed: int = 0
     device: str = "cpu"
-    weight_threshold: float = 3.0
+    weight_threshold: float | None = None
     unit_threshold: float | None = None
     measure_latency: bool = True
     train_clip_from: int | None = None
@@ -143,7 +149,7 @@ class TrainConfig:
         number("lr", positive=True)
         number("lr_latent", positive=True, optional=True)
         number("weight_decay", non_negative=True)
-        number("weight_threshold")
+        number("weight_threshold", optional=True)
         number("unit_threshold", positive=True, optional=True)
         number("decay_start")
         if not 0 <= self.decay_start <= 1:
@@ -186,6 +192,24 @@ class TrainConfig:
         if self.lr_schedule == "step":
             return 0.1 ** ((epoch >= 0.5 * self.epochs) + (epoch >= 0.8 * self.epochs))
         return 1.0
+
+
+def _checked_init(init):
+    names = [f.name for f in fields(TrainConfig)]
+
+    def __init__(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown or len(args) > len(names):
+            what = ", ".join(map(repr, unknown)) if unknown else f"{len(args)} positional values"
+            raise InvalidInputError(f"TrainConfig: unknown option(s) {what}; valid: {', '.join(names)}")
+        init(self, *args, **kwargs)
+
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
+    return __init__
+
+
+#: an unknown option is refused naming the valid ones (not Python's bare TypeError)
+TrainConfig.__init__ = _checked_init(TrainConfig.__init__)
 
 
 def make_optimizer(model, guide, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -279,7 +303,7 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     Runs with module-local parameters (:func:`pyro_sparse.module_local_params`): Pyro's global param store is not
     touched, and the caller's ``pyro.settings`` are restored on return or exception.
     """
-    cfg.validate()
+    _check_fit_args(model, guide, data, cfg, run_dir, resume, meta, callback)
     run_dir = Path(run_dir) if run_dir is not None else None
     if cfg.augment is not None and data.x_train.dim() != 4:
         raise InvalidInputError(f"augment {cfg.augment!r} needs image data [N, C, H, W]; {data.name} has inputs "
@@ -299,9 +323,59 @@ def fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: str | os.PathLik
     return metrics
 
 
+def _check_fit_args(model, guide, data, cfg, run_dir, resume, meta, callback) -> None:
+    """Every argument of :func:`fit` by type, and the config against the model, before anything runs.
+
+    :raises InvalidInputError: one line naming the argument and what was expected."""
+    if not isinstance(cfg, TrainConfig):
+        raise InvalidInputError(f"fit expects cfg=TrainConfig(...), got a {type(cfg).__name__}")
+    cfg.validate()
+    resolve_device(cfg.device)
+    if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module) or not callable(guide):
+        raise InvalidInputError(f"fit expects a Pyro model and its guide as nn.Modules (e.g. sparsify(...) and "
+                                f"MeanFieldGuide(model)), got {type(model).__name__} and {type(guide).__name__}")
+    if not isinstance(data, Dataset):
+        raise InvalidInputError(f"fit expects data as a pyro_sparse.data.Dataset, got a {type(data).__name__}")
+    for split in ("train", "test", "val"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if x is None and split == "val":
+            continue
+        if not torch.is_tensor(x) or not torch.is_tensor(y) or x.shape[:1] != y.shape or y.dim() != 1 \
+                or not x.is_floating_point() or y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise InvalidInputError(f"data: x_{split} must be float inputs [N, ...] and y_{split} integer labels [N], "
+                                    f"got {_shape(x)} and {_shape(y)}")
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(data.input_shape) != tuple(shape):
+        raise InvalidInputError(f"data has inputs {list(data.input_shape)}, the model expects {list(shape)}")
+    if isinstance(model, SparseModel):
+        model.set_thresholds(weight=cfg.weight_threshold, unit=cfg.unit_threshold)
+        if cfg.train_clip_from is not None and not model.weight_layers:
+            raise InvalidInputError(f"train_clip_from applies to latent weights (svd); this {model.method} model has "
+                                    "none")
+    elif cfg.weight_threshold is not None or cfg.unit_threshold is not None or cfg.train_clip_from is not None:
+        raise InvalidInputError("weight_threshold, unit_threshold and train_clip_from apply to sparsified models; "
+                                f"got a {type(model).__name__} without latents")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise InvalidInputError(f"run_dir must be a path or None, got a {type(run_dir).__name__}")
+    if not isinstance(resume, bool) or (resume and run_dir is None):
+        raise InvalidInputError(f"resume must be True or False, and True needs a run_dir; got {resume!r} with "
+                                f"run_dir {run_dir!r}")
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidInputError(f"meta must be a dict of extra metrics.json entries or None, got {type(meta).__name__}")
+    if callback is not None and not callable(callback):
+        raise InvalidInputError(f"callback must be callable (called with each epoch's record) or None, got "
+                                f"{type(callback).__name__}")
+
+
+def _shape(t) -> str:
+    return f"{t.dtype} {list(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+
+
 def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
          meta: dict | None, callback, world: distributed.World) -> dict:
     prepare_module_local(model, guide)
+    if isinstance(model, SparseModel):  # (reads the guide's posteriors: after the parameter mode is prepared)
+        check_guide(model, guide)
     guide_fn = guide
     if cfg.kl_scale:
         if hasattr(guide, "site_names"):
@@ -321,6 +395,8 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
     if world.size > 1:
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     writes = run_dir if world.main else None  # rank 0 alone writes the run directory
+    # the checkpoints and the compact network name the config.json they were written under
+    config_sha256 = config_digest(run_dir) if writes is not None else None
     start, train_seconds, last_good = 0, 0.0, 0
     record: dict = {}
     if resume and (run_dir / CHECKPOINT).is_file():
@@ -351,7 +427,7 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)  # the same on every rank
         elbo.kl_weight = cfg.kl_weight(epoch)
         if cfg.train_clip_from is not None:
-            set_train_clip(model, cfg.weight_threshold if epoch >= cfg.train_clip_from else None)
+            set_train_clip(model, model.weight_threshold() if epoch >= cfg.train_clip_from else None)
         model.train()
         guide.train()
         # the epoch's totals stay on the device; the host reads them every progress_every steps (progress bar)
@@ -400,7 +476,7 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
         last_good = epoch + 1
         if not world.main:  # compaction, metrics and files are rank 0's
             continue
-        small = compact(model, guide, weight_threshold=cfg.weight_threshold, unit_threshold=cfg.unit_threshold)
+        small = compact(model, guide)  # the keep rules' thresholds: the model's (set from cfg in _check_fit_args)
         cost = network_cost(small, example_input(model))
         record = {
             "epoch": epoch + 1,
@@ -430,7 +506,7 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             atomic_torch_save(
                 {"epoch": epoch, "model": model.state_dict(), "guide": guide.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_seconds": train_seconds,
-                 "config": json.dumps(asdict(cfg))},
+                 "config": json.dumps(asdict(cfg)), **({"config_sha256": config_sha256} if config_sha256 else {})},
                 writes / CHECKPOINT,
             )
         if callback is not None:
@@ -469,7 +545,10 @@ def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None
 
     ``last``: the last epoch's log record (its ``nll``, ``kl`` and ``train_error`` go into ``metrics.json``).
     """
-    small = compact(model, guide, weight_threshold=cfg.weight_threshold, unit_threshold=cfg.unit_threshold)
+    small = compact(model, guide)
+    digest = config_digest(run_dir) if run_dir is not None else None
+    if digest is not None:  # evaluate checks that the compact network is this run's
+        small.pyro_sparse_compact["config_sha256"] = digest
     full = full_network(model)
     metrics = {**(meta or {}), "epochs": cfg.epochs, "seed": cfg.seed}
     if data.x_val is not None:
