@@ -45,3 +45,16 @@ def _seed():
     pyro.clear_param_store()
     torch.set_num_threads(THREADS)
     yield
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the CLI on ``argv``, which must fail as bad input: exit status 2 and exactly one line on stderr starting
+    ``pyro-sparse: error:``; returns that line."""
+    from pyro_sparse.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("pyro-sparse: error: "), err
+    return err

@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error
 from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model, nets
 from safetensors.torch import load, save
@@ -38,6 +39,8 @@ from pyro_sparse.metrics import summarize
 from pyro_sparse.runs import load_run
 
 ONE = ["--dataset", "digits", "--epochs", "1", "--quiet", "--no-latency"]
+SBP_TRAIN = ["train", "--method", "sbp", "--arch", "logreg", *ONE]
+SVD_TRAIN = ["train", "--method", "svd", "--arch", "logreg", *ONE]
 
 
 class World:
@@ -938,12 +941,7 @@ CLI = [
         "resume-config-arch",
         "code",
         lambda w, t: [
-            "train",
-            "--method",
-            "sbp",
-            "--arch",
-            "logreg",
-            *ONE,
+            *SBP_TRAIN,
             "--resume",
             "--out",
             str(_cut(_config(w, "sbp", t, arch=SENTINEL_SPEC[0]))),
@@ -954,12 +952,7 @@ CLI = [
         "init-from-config-arch",
         "code",
         lambda w, t: [
-            "train",
-            "--method",
-            "sbp",
-            "--arch",
-            "logreg",
-            *ONE,
+            *SBP_TRAIN,
             "--out",
             str(t / "new"),
             "--init-from",
@@ -989,12 +982,7 @@ CLI = [
         "train-wthr-sbp",
         "api",
         lambda w, t: [
-            "train",
-            "--method",
-            "sbp",
-            "--arch",
-            "logreg",
-            *ONE,
+            *SBP_TRAIN,
             "--out",
             str(t / "new"),
             "--weight-threshold",
@@ -1006,12 +994,7 @@ CLI = [
         "train-uthr-svd",
         "api",
         lambda w, t: [
-            "train",
-            "--method",
-            "svd",
-            "--arch",
-            "logreg",
-            *ONE,
+            *SVD_TRAIN,
             "--out",
             str(t / "new"),
             "--unit-threshold",
@@ -1053,11 +1036,7 @@ def test_cli_refuses_hostile_input(case, world, tmp_path, capsys):
     argv = build(world, tmp_path)
     capsys.readouterr()
     before = _snapshot(world.runs, tmp_path)
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("pyro-sparse: error: "), err
+    err = cli_error(argv, capsys)
     assert expected in err, err
     _nothing_ran(world)
     assert _snapshot(world.runs, tmp_path) == before

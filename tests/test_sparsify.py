@@ -102,7 +102,8 @@ def hand_pruned(model, guide, x: torch.Tensor) -> torch.Tensor:
     the pruning done by hand from the guide's posterior parameters — the papers' keep rules written out here again,
     not the units' ``keep`` or the model's ``.eval()`` path:
 
-    * SVD: θ where log σ² − log θ² < 3, else 0 (Molchanov et al. 2017, Sec. 4.3);
+    * SVD: θ where log σ² − log(θ² + 10⁻⁸) < 3, else 0 (Molchanov et al. 2017, Sec. 4.3, with the ε that keeps
+      θ = 0 finite);
     * SBP: E θ where E θ / sqrt(Var θ) ≥ 1, else 0 (from the guide's mean and variance, not its ``snr``);
     * BB: E[π] = b·B(1 + 1/a, b) of the Kumaraswamy where ≥ 1e-3, else 0 (Lee et al. 2018);
     * DBB: E[π]·clamp(γ (h − μ)/s + E[β], ε, 1 − ε) per example, 0 below 1e-3 (Eq. 24), h the unit's input
@@ -111,10 +112,10 @@ def hand_pruned(model, guide, x: torch.Tensor) -> torch.Tensor:
     net = copy.deepcopy(model.net).eval()
     for key, path in model.weight_layers.items():
         q = guide.posterior(f"weights.{key}.weight")
-        theta, sigma = q.loc.detach(), q.scale.detach()
+        theta, log_var = q.loc.detach(), q.log_variance.detach()  # the SVD guide's parameters: θ and log σ²
         layer = net.get_submodule(path)
         del layer.weight
-        layer.weight = nn.Parameter(torch.where(sigma.log() * 2 - theta.abs().log() * 2 < 3.0, theta, 0.0))
+        layer.weight = nn.Parameter(torch.where(log_var - torch.log(theta**2 + 1e-8) < 3.0, theta, 0.0))
     hooks = []
     for key, places in model.placements.items():
         unit = model.units[key]
