@@ -48,7 +48,7 @@ import inspect
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pyro.nn import PyroModule
@@ -63,7 +63,7 @@ from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
-from .nn.units import _broadcast_units
+from .nn.units import BN_INIT_KEEP, _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
 
 Selector = type | str | Callable[[str, nn.Module], bool] | Sequence
@@ -83,6 +83,8 @@ class Method:
     :ivar threshold: ``weights``: the default threshold of ``weight_keep``.
     :ivar unit: ``units``: ``unit(num_units, **options) -> UnitModule`` (its ``keep`` is the keep rule).
     :ivar shared_unit: ``units``: the unit for a group with several placements, if ``unit`` cannot serve one.
+    :ivar norm_options: ``units``: unit options used by default in a network with normalisation layers (BB, DBB: the
+        authors' VGG init of the gates, ``init_keep`` ≈ 0.68); options the caller gives win.
     """
 
     name: str
@@ -93,6 +95,7 @@ class Method:
     threshold: float | None = None
     unit: Callable[..., UnitModule] | None = None
     shared_unit: Callable[..., UnitModule] | None = None
+    norm_options: dict = field(default_factory=dict)
 
 
 def _log_uniform(shape: torch.Size):
@@ -107,8 +110,8 @@ def _log_alpha_keep(q, threshold: float) -> torch.Tensor:
 METHODS: dict[str, Method] = {
     "svd": Method("svd", "weights", prior=_log_uniform, weight_keep=_log_alpha_keep, threshold=3.0),
     "sbp": Method("sbp", "units", unit=SBPNoise),
-    "bb": Method("bb", "units", unit=BBGate),
-    "dbb": Method("dbb", "units", unit=DBBGate, shared_unit=BBGate),
+    "bb": Method("bb", "units", unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP}),
+    "dbb": Method("dbb", "units", unit=DBBGate, shared_unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP}),
 }
 
 
@@ -453,6 +456,8 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
             del m.weight  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
             m.register_buffer("weight", weight)
         return model
+    if any(isinstance(m, NORM_LAYERS) for m in net.modules()):
+        options = {**spec.norm_options, **options}
     _place_units(model, net, spec, chosen, example_input, options)
     model.set_thresholds(unit=threshold)
     return model

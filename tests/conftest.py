@@ -37,6 +37,19 @@ def mnist_root(request) -> Path:
     return root
 
 
+@pytest.fixture
+def cifar_root(request) -> Path:
+    """The data root holding the offline CIFAR-10 copy (``CIFAR10/*.npy``); missing data fails the test as for MNIST
+    (skips with ``--allow-missing-data``)."""
+    root = data_root()
+    if not (root / "CIFAR10" / "train_images.npy").is_file():
+        message = f"CIFAR-10 not found under {root}/CIFAR10: set PYRO_SPARSE_DATA (see mnist_root)"
+        if request.config.getoption("--allow-missing-data"):
+            pytest.skip(message)
+        pytest.fail(message)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Fixed seed, and Pyro's global param store emptied: tests in the global-store mode start from a clean store,

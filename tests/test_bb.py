@@ -5,9 +5,11 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro_sparse.guides import MeanFieldGuide
 from scipy import integrate
 from torch.distributions import kl_divergence
 
+from pyro_sparse import sparsify
 from pyro_sparse.distributions import kumaraswamy_expected_log1m
 from pyro_sparse.nn import BBGate
 
@@ -256,3 +258,42 @@ def test_kumaraswamy_without_transform_chain_matches_torch():
     for t in q.transforms:  # the lazily built chain is torch's: u ↦ (1 − u^(1/b))^(1/a), the icdf of 1 − u
         y = t(y)
     assert torch.allclose(y, ref.icdf(1 - u), rtol=1e-10) and isinstance(q.base_dist, torch.distributions.Uniform)
+
+
+class _BatchNormCNN(torch.nn.Module):
+    """A small CIFAR CNN with BatchNorm after every conv and a residual addition (issue 25's trial network)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.b1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.c2, self.b2 = nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.c3, self.b3 = nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1((x - 0.47) / 0.25)))
+        h = torch.relu(self.b2(self.c2(h)) + h)
+        h = torch.relu(self.b3(self.c3(torch.nn.functional.max_pool2d(h, 2))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_bb_trains_on_a_batchnorm_cnn(cifar_root):
+    """BB on a BatchNorm CNN learns with sparsify's defaults (2,000 real CIFAR-10 images, 2 epochs, the CLI's BB
+    settings): the gates start at the authors' VGG init (E[π] ≈ 0.68). With the LeNet init (E[π] ≈ 0.24) the same run
+    stays at chance, 88.6% test error, on this machine; with the VGG init it reached 73.8%."""
+    from pyro_sparse.data import load_dataset, subset
+    from pyro_sparse.infer import TrainConfig, fit
+    from pyro_sparse.nn.units import BN_INIT_KEEP
+
+    data = subset(load_dataset("cifar10", cifar_root), 2000, 1000)
+    model = sparsify(_BatchNormCNN(), "bb", data.x_train[:2], num_data=2000)
+    guide = MeanFieldGuide(model)
+    assert torch.allclose(guide.posterior("units.c1_units.pi").mean, torch.tensor(BN_INIT_KEEP), atol=1e-4)
+    cfg = TrainConfig(epochs=2, lr=1e-3, lr_latent=1e-2, weight_decay=1e-4, measure_latency=False)
+    metrics = fit(model, guide, data, cfg, progress=False)
+    assert metrics["test_error"] < 82.0, metrics["test_error"]  # chance: 90%
+    # a network without normalisation layers keeps the authors' LeNet init
+    lenet = MeanFieldGuide(sparsify(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)), "bb",
+                                    data.x_train[:2]))
+    assert float(lenet.posterior("units.1_units.pi").mean[0]) == pytest.approx(0.2385, abs=1e-3)

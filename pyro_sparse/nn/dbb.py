@@ -43,8 +43,8 @@ class DBBGate(BBGate):
     gate_parameters = ("gamma",)
 
     def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1, rho2: float = 5.0,
-                 eps: float = 1e-6, momentum: float = 0.1):
-        super().__init__(num_units, alpha_over_k, temperature)
+                 eps: float = 1e-6, momentum: float = 0.1, init_keep: float | None = None):
+        super().__init__(num_units, alpha_over_k, temperature, init_keep)
         self.eps, self.momentum = eps, momentum
         self.gamma = nn.Parameter(torch.ones(num_units))
         self.register_buffer("rho", torch.tensor(math.sqrt(rho2)))

@@ -9,6 +9,8 @@ its posterior summary (``keep`` mask and multiplier) into the layer it acts on a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pyro.nn import PyroModule, PyroSample
 from torch import nn
@@ -108,6 +110,18 @@ class SBPNoise(UnitModule):
         return q.snr() >= threshold, q.mean.detach()
 
 
+def _kumaraswamy_mean(a_uc: float, b_uc: float = 0.5413) -> float:
+    """E[π] of Kumaraswamy(softplus(a_uc), softplus(b_uc)): b·B(1 + 1/a, b)."""
+    a, b = math.log1p(math.exp(a_uc)), math.log1p(math.exp(b_uc))
+    return b * math.exp(math.lgamma(1 + 1 / a) + math.lgamma(b) - math.lgamma(1 + 1 / a + b))
+
+
+#: initial E[π] of the gates of a network with BatchNorm: the beta-Bernoulli authors' VGG-CIFAR config
+#: (``a_uc_init = 2.0``; their LeNet configs use −1, E[π] ≈ 0.24, under which a BatchNorm network learns nothing:
+#: three quarters of every channel's examples are dropped from the first step on)
+BN_INIT_KEEP = _kumaraswamy_mean(2.0)
+
+
 class BBGate(UnitModule):
     """Beta-Bernoulli dropout gate (Lee et al. 2018): ``π_k ~ Beta(α/K, 1)``
     (:class:`~pyro_sparse.distributions.Beta1`), ``z_nk ~ Bernoulli(π_k)``.
@@ -117,13 +131,21 @@ class BBGate(UnitModule):
     removed; kept units are multiplied by ``E[π]`` (METHODS.md §3).
 
     :param alpha_over_k: the prior's first concentration α/K (default 1e-4).
+    :param init_keep: the guide's initial E[π] in (0, 1) (buffer ``pi_init``, read by the Kumaraswamy family);
+        ``None``: the family's default, the authors' LeNet init a_uc = −1 (E[π] ≈ 0.24). :func:`pyro_sparse.sparsify`
+        passes the authors' VGG init (a_uc = 2, E[π] ≈ 0.68: :data:`BN_INIT_KEEP`) for networks with BatchNorm.
     """
 
     latent_site = "pi"
     default_threshold = 1e-3
 
-    def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1):
+    def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1,
+                 init_keep: float | None = None):
         super().__init__(num_units)
+        if init_keep is not None:
+            if not 0 < float(init_keep) < 1:
+                raise ValueError(f"init_keep must be in (0, 1), got {init_keep}")
+            self.register_buffer("pi_init", torch.full((num_units,), float(init_keep)), persistent=False)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
