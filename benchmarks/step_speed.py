@@ -6,14 +6,18 @@
 pyro-sparse: the engine's step — ``build_model(arch, method)`` (``sparsify`` on the plain network),
 ``MeanFieldGuide`` without global draws (as ``fit`` runs it), ``SparseELBO`` through ``infer.train.Objective``,
 one Adam over model + guide. Plain PyTorch: the same network (the same ``nets.build`` module) and the same objective
-and estimator written directly, float32, the way the authors' reference code computes it — per-example noise (LRT for
-SVD; per-example θ / π draws for SBP / BB / DBB), the same analytic KL formulas, the same Adam — with the latent
-parameters kept beside the layers. Both are timed in this process on the same synthetic batches of the right shape
-(batch 100; MNIST 1×28×28, CIFAR 3×32×32), one step of each alternately, so that machine load hits both alike;
-each number is the median over ``--steps`` × ``--repeats`` steps after ``--steps`` warm-up steps of each.
+and estimator written directly, float32 — per-example noise (LRT for SVD; per-example θ / π draws for SBP / BB /
+DBB), the same analytic KL formulas, the same Adam — with the latent parameters kept beside the layers. That is *our*
+estimator written by hand, not the authors' code's: their SBP and BB code draws θ / π once per minibatch (BB's gates z
+per example). For the unit methods a second plain reference does exactly that (``plain_per_batch``), beside
+pyro-sparse with ``noise="per-batch"`` (``pyro_sparse_per_batch``). All are timed in this process on the same
+synthetic batches of the right shape (batch 100; MNIST 1×28×28, CIFAR 3×32×32), one step of each in turn, so that
+machine load hits them alike; each number is the median over ``--steps`` × ``--repeats`` steps after ``--steps``
+warm-up steps of each.
 
-Prints and writes ``benchmarks/step_speed.json``: seconds per step of each and the ratio pyro-sparse / plain (target
-≤ 1.1).
+Prints and writes ``benchmarks/step_speed.json``: seconds per step of each; ``ratio`` = pyro-sparse / plain, both per
+example (target ≤ 1.1); for SBP/BB/DBB also ``ratio_per_batch`` (both per minibatch) and ``ratio_vs_per_batch_plain``
+(pyro-sparse's default per-example estimator against the authors' per-minibatch one: what the lower variance costs).
 
 The C allocator is held steady first (glibc: fixed mmap and trim thresholds, as a long training process reaches them):
 with glibc's adaptive thresholds a cell's ratio depended on the cells run before it in the same process — LeNet-500-300
@@ -52,9 +56,9 @@ class PlainSparse(nn.Module):
     """A ``nets`` Sequential with one method's latents attached by hand (METHODS.md placement), plain PyTorch."""
 
     def __init__(self, seq: nn.Sequential, method: str, a: float = -20.0, b: float = 0.0, alpha_over_k: float = 1e-4,
-                 temperature: float = 0.1, rho2: float = 5.0):
+                 temperature: float = 0.1, rho2: float = 5.0, per_batch: bool = False):
         super().__init__()
-        self.seq, self.method = seq, method
+        self.seq, self.method, self.per_batch = seq, method, per_batch
         self.a, self.b, self.alpha, self.tau, self.rho2 = a, b, alpha_over_k, temperature, rho2
         self.svd = nn.ParameterDict()
         self.unit = nn.ParameterDict()
@@ -95,16 +99,18 @@ class PlainSparse(nn.Module):
         mu, sigma = self.unit[f"{key}_mu"], self.unit[f"{key}_log_sigma"].exp()
         alpha, beta = (self.a - mu) / sigma, (self.b - mu) / sigma
         pa, pb = torch.special.ndtr(alpha), torch.special.ndtr(beta)
-        u = torch.rand(batch, mu.shape[0], device=mu.device)
+        u = torch.rand(1 if self.per_batch else batch, mu.shape[0], device=mu.device)
         x = torch.special.ndtri((pa + u * (pb - pa)).clamp(1e-6, 1 - 1e-6))
-        return (mu + sigma * x).clamp(self.a, self.b).exp()
+        return (mu + sigma * x).clamp(self.a, self.b).exp().expand(batch, -1)
 
     def _bb(self, key: str, batch: int, h: torch.Tensor | None) -> torch.Tensor:
         a, b = F.softplus(self.unit[f"{key}_a_uc"]), F.softplus(self.unit[f"{key}_b_uc"])
-        u = torch.rand(batch, a.shape[0], device=a.device).clamp(1e-6, 1 - 1e-6)
+        u = torch.rand(1 if self.per_batch else batch, a.shape[0], device=a.device).clamp(1e-6, 1 - 1e-6)
         pi = (1 - u.pow(1 / b)).clamp(1e-6, 1 - 1e-6).pow(1 / a)
+        pi = pi.expand(batch, -1)  # the gates z below are drawn per example either way
         if self.method == "dbb":
-            beta = self.unit[f"{key}_beta_mu"] + self.unit[f"{key}_beta_log_sigma"].exp() * torch.randn_like(pi)
+            beta = self.unit[f"{key}_beta_mu"] + self.unit[f"{key}_beta_log_sigma"].exp() * torch.randn_like(
+                u if self.per_batch else pi)
             h = h.detach()
             with torch.no_grad():
                 getattr(self, f"{key}_rmean").lerp_(h.mean(0), 0.1)
@@ -187,32 +193,13 @@ def measure(arch: str, method: str, steps: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(100, *shape, generator=g), torch.randint(0, 10, (100,), generator=g)) for _ in range(8)]
     torch.manual_seed(0)
+    per_batch = method != "svd"
     with module_local_params():
-        if arch == "vgg_like":
-            net = nets.build(arch, shape, 10, **kwargs)
-            from pyro_sparse import sparsify
-
-            model = sparsify(net, method, batches[0][0][:2], num_data=N)
-        else:
-            model = build_model(arch, method, shape, 10, num_data=N)
-        guide = MeanFieldGuide(model)
-        guide.global_draws = False  # as fit() does inside its steps: the model draws every latent per example
-        objective = Objective(model, guide, SparseELBO())
-        opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
-        plain = PlainSparse(nets.build(arch, shape, 10, **kwargs), method)
-        opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
-
-        def step_ours(xb, yb):
-            opt.zero_grad(set_to_none=True)
-            loss = objective(xb, yb)
-            loss.backward()
-            opt.step()
-
-        def step_plain(xb, yb):
-            opt_plain.zero_grad(set_to_none=True)
-            loss = N * F.cross_entropy(plain(xb), yb) + plain.kl()
-            loss.backward()
-            opt_plain.step()
+        steps_of = {"pyro_sparse": _ours_step(arch, method, shape, kwargs, batches[0][0][:2], "per-example"),
+                    "plain": _plain_step(arch, method, shape, kwargs, per_batch=False)}
+        if per_batch:
+            steps_of["pyro_sparse_per_batch"] = _ours_step(arch, method, shape, kwargs, batches[0][0][:2], "per-batch")
+            steps_of["plain_per_batch"] = _plain_step(arch, method, shape, kwargs, per_batch=True)
 
         def timed(step, i):
             t0 = time.perf_counter()
@@ -220,15 +207,56 @@ def measure(arch: str, method: str, steps: int, repeats: int) -> dict:
             return time.perf_counter() - t0
 
         for i in range(steps):  # warm-up
-            timed(step_ours, i)
-            timed(step_plain, i)
-        ours, ref = [], []
-        for i in range(steps * repeats):  # one step each, alternately: a slow phase of the machine hits both alike
-            ours.append(timed(step_ours, i))
-            ref.append(timed(step_plain, i))
-    o, r = statistics.median(ours), statistics.median(ref)
-    return {"arch": arch, "method": method, "seconds_per_step_pyro_sparse": o, "seconds_per_step_plain": r,
-            "ratio": o / r}
+            for step in steps_of.values():
+                timed(step, i)
+        times = {name: [] for name in steps_of}
+        for i in range(steps * repeats):  # one step each in turn: a slow phase of the machine hits all alike
+            for name, step in steps_of.items():
+                times[name].append(timed(step, i))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    row = {"arch": arch, "method": method, **{f"seconds_per_step_{name}": v for name, v in med.items()},
+           "ratio": med["pyro_sparse"] / med["plain"]}
+    if per_batch:
+        row["ratio_per_batch"] = med["pyro_sparse_per_batch"] / med["plain_per_batch"]
+        row["ratio_vs_per_batch_plain"] = med["pyro_sparse"] / med["plain_per_batch"]
+    return row
+
+
+def _ours_step(arch, method, shape, kwargs, example, noise):
+    """One engine step of pyro-sparse (``fit``'s objective, Adam over model + guide)."""
+    from pyro_sparse import sparsify
+
+    options = {} if method == "svd" else {"noise": noise}
+    if arch == "vgg_like":
+        model = sparsify(nets.build(arch, shape, 10, **kwargs), method, example, num_data=N, **options)
+    else:
+        model = build_model(arch, method, shape, 10, num_data=N, **options)
+    guide = MeanFieldGuide(model)
+    guide.global_draws = False  # as fit() does inside its steps: the model draws every latent per example
+    objective = Objective(model, guide, SparseELBO())
+    opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = objective(xb, yb)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _plain_step(arch, method, shape, kwargs, per_batch):
+    """One step of the plain-PyTorch reference (:class:`PlainSparse`)."""
+    plain = PlainSparse(nets.build(arch, shape, 10, **kwargs), method, per_batch=per_batch)
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = N * F.cross_entropy(plain(xb), yb) + plain.kl()
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def main():

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unit-threshold", type=_finite, default=None,
                    help="SBP: prune units with SNR below this (default 1); BB/DBB: E[pi] (default 1e-3)")
     t.add_argument("--temperature", type=_finite, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
+    t.add_argument("--noise", choices=("per-example", "per-batch"), default=None,
+                   help="SBP/BB/DBB: draw theta / pi per example (default, lower variance) or once per minibatch "
+                        "(the authors' code)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
     t.add_argument("--val-size", type=int, default=None, metavar="N",
@@ -267,6 +270,8 @@ def _validate_train_args(a) -> None:
         _fail(f"--weight-threshold applies to --method svd only, got --method {a.method} (units: --unit-threshold)")
     if a.unit_threshold is not None and a.method not in ("sbp", "bb", "dbb"):
         _fail(f"--unit-threshold applies to --method sbp, bb and dbb only, got --method {a.method}")
+    if getattr(a, "noise", None) is not None and a.method not in ("sbp", "bb", "dbb"):
+        _fail(f"--noise applies to --method sbp, bb and dbb only, got --method {a.method}")
     if a.temperature is not None and a.method not in ("bb", "dbb"):
         _fail(f"--temperature applies to --method bb and dbb only, got --method {a.method}")
     if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
@@ -404,7 +409,7 @@ def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
         factory = recorded_network({"name": a.arch, "kwargs": {}}, str(out / CONFIG),
                                    import_factory(a.arch) if given else None, a.trust_code)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
-    net_kwargs = {"temperature": a.temperature} if a.temperature is not None else {}
+    net_kwargs = {k: v for k in ("temperature", "noise") if (v := getattr(a, k, None)) is not None}
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
                             data.mean, data.std, factory=factory, **net_kwargs)

@@ -13,7 +13,7 @@ from .runfiles import CONFIG, load_checkpoint, read_config
 from .trust import recorded_network
 
 #: the sparsify options that ``pyro-sparse train`` records in ``config.json`` (``net_kwargs``)
-RECORDED_OPTIONS = ("temperature",)
+RECORDED_OPTIONS = ("temperature", "noise")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], nn.Module] | None = None,

@@ -370,7 +370,7 @@ API = [
         "code",
         lambda w, t: _call(load_run, _config(w, "sbp", t, net_kwargs={"factory": "hostile_sentinel:boom"})),
         errors.RunDirError,
-        "'net_kwargs' must hold only temperature",
+        "'net_kwargs' must hold only temperature, noise",
     ),
     (
         "run-user-no-factory",
@@ -989,6 +989,12 @@ CLI = [
             "3",
         ],
         "--weight-threshold applies to --method svd only",
+    ),
+    (
+        "train-noise-svd",
+        "api",
+        lambda w, t: [*SVD_TRAIN, "--out", str(t / "new"), "--noise", "per-batch"],
+        "--noise applies to --method sbp, bb and dbb only",
     ),
     (
         "train-uthr-svd",

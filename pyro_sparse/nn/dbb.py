@@ -19,7 +19,6 @@ from pyro.distributions import Normal
 from pyro.nn import PyroSample
 from torch import nn
 
-from ..poutine import local_sample
 from ..settings import param_value
 from .units import BBGate, _broadcast_units
 
@@ -43,8 +42,9 @@ class DBBGate(BBGate):
     gate_parameters = ("gamma",)
 
     def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1, rho2: float = 5.0,
-                 eps: float = 1e-6, momentum: float = 0.1, init_keep: float | None = None):
-        super().__init__(num_units, alpha_over_k, temperature, init_keep)
+                 eps: float = 1e-6, momentum: float = 0.1, init_keep: float | None = None,
+                 noise: str = "per-example"):
+        super().__init__(num_units, alpha_over_k, temperature, init_keep, noise)
         self.eps, self.momentum = eps, momentum
         self.gamma = nn.Parameter(torch.ones(num_units))
         self.register_buffer("rho", torch.tensor(math.sqrt(rho2)))
@@ -73,8 +73,8 @@ class DBBGate(BBGate):
                 self.running_mean.lerp_(m, weight)
                 self.running_std.lerp_(s, weight)
                 self.num_batches.add_(1)  # in place: no module attribute is set
-        pi = local_sample(self.pi, x.shape[0])
-        beta = local_sample(self.beta, x.shape[0])
+        pi = self.draw(self.pi, x.shape[0])
+        beta = self.draw(self.beta, x.shape[0])
         return self.gate(pi * self.factor(h, beta))
 
     def test_multiplier(self, x: torch.Tensor, posterior: dict, threshold: float | None = None) -> torch.Tensor:

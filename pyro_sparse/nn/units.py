@@ -29,10 +29,22 @@ class UnitModule(PyroModule):
     """Base class: ``num_units`` features along dim 1, one latent per unit in the site named by ``latent_site``."""
 
     latent_site = ""
+    #: how the latents are drawn in training: ``"per-example"`` (default: an independent draw for every example, the
+    #: lower-variance estimator) or ``"per-batch"`` (one draw per minibatch shared by its examples, as the authors'
+    #: SBP and BB code does; BB's relaxed Bernoulli gates stay per example)
+    NOISE = ("per-example", "per-batch")
 
-    def __init__(self, num_units: int):
+    def __init__(self, num_units: int, noise: str = "per-example"):
         super().__init__()
+        if noise not in self.NOISE:
+            raise ValueError(f"noise must be one of {', '.join(self.NOISE)}, got {noise!r}")
         self.num_units = num_units
+        self.noise = noise
+
+    def draw(self, value: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Training-time draws ``[batch_size, K]`` of the latent ``value`` (:func:`~pyro_sparse.poutine.local_sample`,
+        per example or per minibatch as :attr:`noise` says)."""
+        return local_sample(value, batch_size, per_batch=self.noise == "per-batch")
 
     def cached_prior(self, name: str, make, *sources: torch.Tensor):
         """The prior ``make()`` of latent ``name``, built once and reused while its ``sources`` (the buffers it is
@@ -84,13 +96,15 @@ class SBPNoise(UnitModule):
 
     Pruning: units with ``SNR = E θ / sqrt(Var θ) < threshold`` (default 1) are removed; kept units are
     multiplied by ``E θ`` at test time (METHODS.md §2).
+
+    :param noise: ``"per-example"`` (default) or ``"per-batch"`` draws of θ (:attr:`UnitModule.noise`).
     """
 
     latent_site = "theta"
     default_threshold = 1.0
 
-    def __init__(self, num_units: int, a: float = -20.0, b: float = 0.0):
-        super().__init__(num_units)
+    def __init__(self, num_units: int, a: float = -20.0, b: float = 0.0, noise: str = "per-example"):
+        super().__init__(num_units, noise)
         if not float(a) < float(b):
             raise ValueError(f"SBPNoise needs a < b (log θ bounds), got a={a}, b={b}")
         self.register_buffer("a", torch.tensor(float(a)))
@@ -103,7 +117,7 @@ class SBPNoise(UnitModule):
         return TruncatedLogUniform(self.a, self.b, validate_args=False).expand([self.num_units]).to_event(1)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
-        return local_sample(self.theta, x.shape[0])
+        return self.draw(self.theta, x.shape[0])
 
     def keep(self, q, threshold: float | None = None):
         threshold = self.default_threshold if threshold is None else threshold
@@ -131,6 +145,7 @@ class BBGate(UnitModule):
     removed; kept units are multiplied by ``E[π]`` (METHODS.md §3).
 
     :param alpha_over_k: the prior's first concentration α/K (default 1e-4).
+    :param noise: ``"per-example"`` (default) or ``"per-batch"`` draws of π (:attr:`UnitModule.noise`).
     :param init_keep: the guide's initial E[π] in (0, 1) (buffer ``pi_init``, read by the Kumaraswamy family);
         ``None``: the family's default, the authors' LeNet init a_uc = −1 (E[π] ≈ 0.24). :func:`pyro_sparse.sparsify`
         passes the authors' VGG init (a_uc = 2, E[π] ≈ 0.68: :data:`BN_INIT_KEEP`) for networks with BatchNorm.
@@ -140,8 +155,8 @@ class BBGate(UnitModule):
     default_threshold = 1e-3
 
     def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1,
-                 init_keep: float | None = None):
-        super().__init__(num_units)
+                 init_keep: float | None = None, noise: str = "per-example"):
+        super().__init__(num_units, noise)
         if init_keep is not None:
             if not 0 < float(init_keep) < 1:
                 raise ValueError(f"init_keep must be in (0, 1), got {init_keep}")
@@ -172,7 +187,7 @@ class BBGate(UnitModule):
         return torch.sigmoid(logits).clamp(torch.finfo(pi.dtype).tiny, 1.0 - eps)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(local_sample(self.pi, x.shape[0]))
+        return self.gate(self.draw(self.pi, x.shape[0]))  # z per example, from π per example or per minibatch
 
     def keep(self, q, threshold: float | None = None):
         threshold = self.default_threshold if threshold is None else threshold

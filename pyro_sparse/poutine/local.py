@@ -215,15 +215,18 @@ class LocalOps(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def local_sample(value: torch.Tensor, batch_size: int, site_dim: int = 1) -> torch.Tensor:
+def local_sample(value: torch.Tensor, batch_size: int, site_dim: int = 1, per_batch: bool = False) -> torch.Tensor:
     """Per-example draws from the tagged guide distribution of ``value``, else ``value`` itself.
 
     :param value: a latent value ``[*site_shape]`` (``site_dim`` dims, e.g. ``[K]`` units), or ``[*lead,
         *site_shape]`` under vectorised particles / parallel ``Predictive``.
     :param batch_size: the batch the draws are for: ``B``, or ``S·B`` with ``S = prod(lead)``.
+    :param per_batch: one draw per minibatch (per sample block), shared by its examples — the authors' estimator
+        (their SBP and BB code draw θ / π once per minibatch): unbiased like the per-example one, with more variance
+        and fewer random numbers.
     :returns: tagged: ``[batch_size, *site_shape]``, one draw per example (block ``s`` from sample ``s``'s
-        distribution); untagged: ``value`` (no lead dims) or its sample ``s`` repeated over block ``s``
-        (``[batch_size, *site_shape]``).
+        distribution; with ``per_batch`` one draw per block, expanded over it); untagged: ``value`` (no lead dims)
+        or its sample ``s`` repeated over block ``s`` (``[batch_size, *site_shape]``).
     :raises ValueError: ``batch_size`` does not split into ``S`` blocks.
     """
     lead, site = value.shape[: value.dim() - site_dim], value.shape[value.dim() - site_dim:]
@@ -236,7 +239,10 @@ def local_sample(value: torch.Tensor, batch_size: int, site_dim: int = 1) -> tor
     n = batch_size // s
     if q is None:
         return value.reshape(s, 1, *site).expand(s, n, *site).reshape(batch_size, *site)
-    draws = q.rsample((n,)) if q.has_rsample else q.sample((n,))  # [n, *lead, *site]
+    k = 1 if per_batch else n
+    draws = q.rsample((k,)) if q.has_rsample else q.sample((k,))  # [k, *lead, *site]
+    if per_batch:
+        draws = draws.expand(n, *draws.shape[1:])
     if not lead:
         return draws
     return draws.reshape(n, s, *site).transpose(0, 1).reshape(batch_size, *site)
