@@ -483,7 +483,9 @@ def _print_summary(m: dict) -> None:
         f"{m['method']} {m['arch']} on {m['dataset']}: "
         + (f"val error {m['val_error']:.2f}% ({m['val_size']} held out)  " if "val_error" in m else "")
         + f"test error {m['test_error']:.2f}%  "
-        f"compression {m['compression']:.1f}x ({m['n_nonzero']}/{m['n_weights']} weights)  "
+        + "".join(f"({k.removeprefix('test_error_')} {v:.2f}%)  " for k, v in m.items()
+                  if k.startswith("test_error_"))
+        + f"compression {m['compression']:.1f}x ({m['n_nonzero']}/{m['n_weights']} weights)  "
         f"units {'-'.join(map(str, m['units']))}  FLOPs speed-up {m['flops_speedup']:.2f}x  "
         f"memory {100 * m['memory_fraction']:.2f}%  [{m['epochs']} epochs, {m['train_seconds']:.0f} s]"
     )
@@ -508,7 +510,7 @@ def cmd_evaluate(a, argv, parser) -> int:
 
     from .compact import COMPACT_SPEC, load_compact, read_compact_spec
     from .data import load_dataset
-    from .metrics import classification_error, network_cost
+    from .metrics import classification_error, extra_test_errors, network_cost
     from .runfiles import config_digest, read_config
 
     run = Path(a.run_dir)
@@ -528,7 +530,8 @@ def cmd_evaluate(a, argv, parser) -> int:
                           f"{list(data.input_shape)}")
     err = classification_error(net, data.x_test.to(a.device), data.y_test.to(a.device))
     units = [int(u) for u in network_cost(net, torch.zeros(2, *shape, device=a.device))["units"]]
-    print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err, "units": units}))
+    print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err,
+                      **extra_test_errors(net, data), "units": units}))
     return 0
 
 

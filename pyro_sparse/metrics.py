@@ -52,6 +52,14 @@ _ADD = (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, to
         torch.Tensor.__radd__)
 
 
+def extra_test_errors(net: nn.Module, data) -> dict[str, float]:
+    """``{"test_error_<name>": percent (0–100)}`` of ``net`` on each of ``data.extra_tests`` (a
+    :class:`~pyro_sparse.data.Dataset`; e.g. CIFAR-10's ``official1k``)."""
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    return {f"test_error_{name}": classification_error(net, x.to(device), y.to(device))
+            for name, (x, y) in getattr(data, "extra_tests", {}).items()}
+
+
 class _OpRecorder(TorchFunctionMode):
     """Records, in execution order, the ops a forward pass calls that the FLOPs convention counts."""
 

@@ -291,3 +291,23 @@ def test_cli_val_size_is_recorded_and_part_of_the_resume_identity(tmp_path, caps
     (out / "metrics.json").unlink()
     code, err = _cli([*base, "--resume", "--val-size", "100"], capsys)
     assert code == 2 and "--val-size 100 contradicts the recorded 200" in err
+
+
+def test_cifar10_reports_both_test_sets(tmp_path, cifar_root, capsys):
+    """CIFAR-10 offline: the test error on the 5,000 held-out training images and, beside it, on the copy's 1,000
+    official test images (``test_error_official1k``), in the epoch log, metrics.json, the summary and ``evaluate``."""
+    import json
+
+    from pyro_sparse.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "dense", "--arch", "logreg", "--dataset", "cifar10", "--data-root",
+                 str(cifar_root), "--subset", "200", "--epochs", "1", "--quiet", "--no-latency", "--out",
+                 str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test_error_official1k"] <= 100 and "test_error_official1k" in (run / "log.jsonl").read_text()
+    assert "(official1k " in capsys.readouterr().out
+    assert main(["evaluate", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_error_official1k"] == metrics["test_error_official1k"]
+    assert evaluated["test_error"] == metrics["test_error"]

@@ -32,7 +32,7 @@ from ..compact import check_guide, compact, full_network, save_compact
 from ..data import AUGMENTATIONS, Dataset, augment
 from ..devices import resolve_device
 from ..errors import CheckpointError, DivergenceError, InvalidInputError
-from ..metrics import classification_error, network_cost, summarize
+from ..metrics import classification_error, extra_test_errors, network_cost, summarize
 from ..nn import set_train_clip
 from ..poutine import check_kl_scale, kl_scale, resolve_kl_scale
 from ..runfiles import (
@@ -487,6 +487,7 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
             "lr": opt.param_groups[0]["lr"],
             "train_error": 100.0 * wrong / n,
             "test_error": classification_error(small, data.x_test, data.y_test),
+            **extra_test_errors(small, data),
             **({} if data.x_val is None else {"val_error": classification_error(small, data.x_val, data.y_val)}),
             "units": [int(u) for u in cost["units"]],
             "nonzero_weights": sum(nz for _, nz in cost["layers"]),
@@ -557,6 +558,7 @@ def finalize(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None
     # the latency measurement (CPU, batch 1 and 1000) comes last inside summarize: it moves both networks to the CPU
     metrics.update(summarize(small, full, example_input(model), data.x_test, data.y_test,
                              latency_batches=(1, 1000) if cfg.measure_latency else ()))
+    metrics.update(extra_test_errors(small, data))
     metrics["train_seconds"] = train_seconds
     metrics["seconds_per_epoch"] = train_seconds / max(1, cfg.epochs)
     if last:
