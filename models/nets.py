@@ -10,6 +10,8 @@ lenet500      784-500-300-10 MLP, ReLU
 lenet5        LeNet-5-Caffe: conv 20@5×5 → pool 2 → conv 50@5×5 → pool 2 → fc 800→500 → fc 500→classes
 vgg_like      13 conv3×3 + BatchNorm + ReLU, widths ``k``·(64,64 | 128,128 | 256×3 | 512×3 | 512×3), max-pool after
               each group, fc 512k→512k + BatchNorm + ReLU, fc → classes (Zagoruyko 2015 as in the BB paper)
+conv3fc3      sparse-VD paper's CIFAR-10 net (Table 4): 3 conv 5×5 + ReLU + max-pool 3/2, fc → 512 → 512 → classes,
+              optional binary dropout (``dropout="conv"`` / ``"all"``, Srivastava et al. 2014's rates)
 resnet20/56   CIFAR ResNets of He et al. 2016 (Sec. 4.2): 3 stages of n = 3 / 9 basic blocks, 16-32-64 channels.
               Shortcuts are **option B**: identity where the shape is kept, 1×1 conv + BatchNorm projection where
               it changes (the paper's CIFAR nets use option A, zero-padding; B is the common re-implementation and
@@ -99,6 +101,54 @@ def vgg_like(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0, 
     return nn.Sequential(layers)
 
 
+#: layer widths of :func:`conv3fc3` (our choice: the sparse-VD paper says only "smaller than Srivastava et al. 2014",
+#: whose net has 96-128-256 conv filters and 2048-2048 hidden units)
+CONV3FC3_WIDTHS = ((32, 64, 128), (512, 512))
+#: binary dropout rates on the inputs of conv1, conv2, conv3, fc1, fc2, fc3: Srivastava et al. 2014 (Appendix B.2,
+#: CIFAR-10: retention probabilities 0.9, 0.75, 0.75, 0.5, 0.5, 0.5 from the input to the fully connected layers)
+CONV3FC3_DROPOUT = (0.1, 0.25, 0.25, 0.5, 0.5, 0.5)
+DROPOUT_MODES = ("none", "conv", "all")
+
+
+def conv3fc3(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0, dropout: str = "none") -> nn.Sequential:
+    """The CIFAR-10 net of the sparse-VD paper's Table 4 (Molchanov et al. 2017, Sec. 6.3): three conv 5×5 (stride 1,
+    padding 2) each with ReLU and 3×3 / stride-2 max-pooling, then three fully connected layers with ReLU; widths
+    :data:`CONV3FC3_WIDTHS`.
+
+    :param dropout: binary dropout (``nn.Dropout``, rates :data:`CONV3FC3_DROPOUT` on each layer's input):
+        ``"none"``; ``"conv"``: on the inputs of the conv layers only (the paper's BD + VD configurations, with SVD on
+        the dense layers: ``sparsify(net, "svd", x, include=nn.Linear)``); ``"all"``: on every layer.
+    :raises ValueError: inputs other than 3×32×32, or an unknown ``dropout``.
+
+    Layer names: ``conv{i}``, ``relu{i}``, ``pool{i}`` (i = 1…3), ``flatten``, ``fc1``…``fc3``, ``relu_fc{i}``,
+    ``drop_conv{i}`` / ``drop_fc{i}`` before the layer they feed.
+    """
+    if tuple(input_shape) != (3, 32, 32):
+        raise ValueError(f"arch conv3fc3 expects CIFAR images [3, 32, 32], got examples of shape {list(input_shape)}")
+    if dropout not in DROPOUT_MODES:
+        raise ValueError(f"conv3fc3 dropout must be one of {', '.join(DROPOUT_MODES)}, got {dropout!r}")
+    rates = iter(CONV3FC3_DROPOUT)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(standardize=Standardize(mean, std))
+    c_in = 3
+    for i, c in enumerate(CONV3FC3_WIDTHS[0], 1):
+        p = next(rates)
+        if dropout != "none":
+            layers[f"drop_conv{i}"] = nn.Dropout(p)
+        layers.update({f"conv{i}": nn.Conv2d(c_in, c, 5, padding=2), f"relu{i}": nn.ReLU(),
+                       f"pool{i}": nn.MaxPool2d(3, 2)})
+        c_in = c
+    layers["flatten"] = nn.Flatten()
+    sizes = [c_in * 3 * 3, *CONV3FC3_WIDTHS[1], num_classes]  # 32 → 15 → 7 → 3 pixels after the three poolings
+    for i in range(3):
+        p = next(rates)
+        if dropout == "all":
+            layers[f"drop_fc{i + 1}"] = nn.Dropout(p)
+        layers[f"fc{i + 1}"] = nn.Linear(sizes[i], sizes[i + 1])
+        if i < 2:
+            layers[f"relu_fc{i + 1}"] = nn.ReLU()
+    return nn.Sequential(layers)
+
+
 class BasicBlock(nn.Module):
     """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut (identity, or 1×1 conv + BN: option B), then ReLU."""
 
@@ -156,7 +206,7 @@ def resnet56(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0) 
 
 NETS: dict[str, Callable[..., nn.Module]] = {
     "logreg": logreg, "lenet300": lenet300, "lenet500": lenet500, "lenet5": lenet5, "vgg_like": vgg_like,
-    "resnet20": resnet20, "resnet56": resnet56,
+    "resnet20": resnet20, "resnet56": resnet56, "conv3fc3": conv3fc3,
 }
 
 
@@ -202,6 +252,9 @@ def check_options(name: str, options: dict) -> None:
                 key == "std" and not all(x > 0 for x in values)):
             raise ValueError(f"arch {name!r}: {key} must be a finite number{' > 0' if key == 'std' else ''} or one "
                              f"per input channel, got {v!r}")
+    if "dropout" in options and options["dropout"] not in DROPOUT_MODES:
+        raise ValueError(f"arch {name!r}: dropout must be one of {', '.join(DROPOUT_MODES)}, got "
+                         f"{options['dropout']!r}")
     if "k" in options and (not _number(options["k"]) or not 0 < options["k"] <= MAX_WIDTH):
         raise ValueError(f"arch {name!r}: width multiplier k must be a number in (0, {MAX_WIDTH:g}], got "
                          f"{options['k']!r}")

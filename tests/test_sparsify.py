@@ -378,3 +378,29 @@ def test_unit_priors_are_reused_until_their_buffers_change(method, site):
     assert rebuilt is not first
     assert torch.allclose(bound(rebuilt), before - 1.0)
     assert bound(prior(model.double(), x.double())).dtype == torch.float64
+
+
+def test_sparse_vd_cifar_net_and_its_table_4_configurations():
+    """The sparse-VD paper's CIFAR-10 net (``conv3fc3``) in its Table 4 configurations, through sparsify's
+    selectors: no regularisation, binary dropout everywhere, binary dropout on the convs + SVD on the dense layers,
+    SVD everywhere; each trains a step on real images and compacts exactly."""
+    x, y = _images("vgg_like", 8)
+    assert nets.build("conv3fc3", (3, 32, 32), 10)(x).shape == (8, 10)
+    drops = {mode: [n for n, m in nets.build("conv3fc3", (3, 32, 32), 10, dropout=mode).named_modules()
+                    if isinstance(m, nn.Dropout)] for mode in ("none", "conv", "all")}
+    assert drops["none"] == [] and drops["conv"] == ["drop_conv1", "drop_conv2", "drop_conv3"]
+    assert drops["all"] == [*drops["conv"], "drop_fc1", "drop_fc2", "drop_fc3"]
+    for dropout, include in (("conv", nn.Linear), ("none", None)):
+        with pyro.settings.context(module_local_params=True):
+            model = sparsify(nets.build("conv3fc3", (3, 32, 32), 10, dropout=dropout), "svd", x[:2], num_data=50,
+                             include=include)
+            guide = MeanFieldGuide(model)
+            expected = {"fc1", "fc2", "fc3"} | (set() if include else {"conv1", "conv2", "conv3"})
+            assert set(model.weight_layers.values()) == expected
+            _train(model, guide, x, y)
+            force_prune(guide)
+            small = compact(model, guide, probe=x)
+            reference = hand_pruned(model, guide, x)
+        assert torch.allclose(small(x), reference, rtol=1e-5, atol=1e-5 * max(1.0, float(reference.abs().max())))
+    with pytest.raises(ValueError, match="dropout must be one of none, conv, all"):
+        nets.build("conv3fc3", (3, 32, 32), 10, dropout="fc")
