@@ -102,7 +102,8 @@ class Classifier(PyroModule):
 
 def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classes: int, num_data: int | None = None,
                 mean: float = 0.0, std: float = 1.0, train_clip: float | None = None,
-                factory: Callable[[], nn.Module] | None = None, **options) -> Classifier:
+                factory: Callable[[], nn.Module] | None = None, arch_options: dict | None = None,
+                **options) -> Classifier:
     """The Pyro model of network ``arch`` with ``method`` attached.
 
     :param arch: a name of :data:`pyro_sparse.models.nets.NETS`, or ``package.module:factory`` for a user's own
@@ -111,7 +112,9 @@ def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classe
     :param mean, std: input standardisation inside the network (the networks of ``nets``).
     :param train_clip: SVD only: see :func:`pyro_sparse.nn.set_train_clip`.
     :param factory: the zero-argument callable building the user's network named ``arch``.
-    :param options: unit options passed to :func:`pyro_sparse.sparsify` (e.g. ``temperature``).
+    :param arch_options: options of a built-in ``arch`` (``{"k": 0.25}`` for ``vgg_like``, ``{"dropout": "conv"}``
+        for ``conv3fc3``), checked by :func:`pyro_sparse.models.nets.check_options`.
+    :param options: options passed to :func:`pyro_sparse.sparsify` (e.g. ``temperature``, ``include``).
     :raises ValueError: unknown arch or method, a user's arch without its factory, or an input shape the arch cannot
         take.
     """
@@ -124,11 +127,13 @@ def build_model(arch: str, method: str, input_shape: tuple[int, ...], num_classe
         if factory is None:
             raise ValueError(f"arch {arch!r} is a user's factory: pass factory=<that callable> (the command line "
                              "imports it from --arch)")
+        if arch_options:
+            raise ValueError(f"arch_options set options of our architectures; {arch!r} is built by your factory")
         net = nets.user_network(arch, factory)
     elif factory is not None:
         raise ValueError(f"factory= builds a user's arch package.module:factory; arch {arch!r} is built in")
     else:
-        net = nets.build(arch, input_shape, num_classes, mean, std)
+        net = nets.build(arch, input_shape, num_classes, mean, std, **(arch_options or {}))
     if method == "dense":
         return Classifier(net, input_shape, num_data)
     model = sparsify(net, method, torch.zeros(2, *input_shape), num_data=num_data, **options)

@@ -16,23 +16,6 @@ from pathlib import Path
 
 from .errors import InvalidInputError, PyroSparseError, RunDirError, one_line
 
-METHOD_DEFAULTS = {
-    # METHODS.md schedules: SVD from scratch with KL warm-up; SBP / BB fine-tune with a larger lr on noise/gates
-    "dense": {"lr_schedule": "linear"},
-    "svd": {"lr_schedule": "linear", "warmup": True},
-    "sbp": {"lr_schedule": "linear", "lr_latent": 1e-2},
-    "bb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
-    "dbb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
-}
-DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200, "cifar10": 200}
-DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3, "cifar10": 1e-3}
-
-
-#: train options that may differ on ``--resume`` (where outputs go and how they are shown, not what is computed)
-#: (``--devices``: a resume on another number of processes continues the run, but its noise differs from an
-#: uninterrupted run's)
-RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every", "devices", "compile",
-               "trust_code")
 EPILOG = """environment:
   PYRO_SPARSE_DATA   folder holding MNIST/ and FashionMNIST/ (torchvision layout) when --data-root is not given
                      (default ./data); the folder used is recorded in RUN_DIR/config.json
@@ -79,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pyro_sparse.models import ARCHS, METHODS
 
     from .data import DATASETS
+    from .reproduce import TABLES
+    from .stage import STAGE_DEFAULTS
 
     p = _Parser(prog="pyro-sparse", description="Bayesian sparsification of neural networks in Pyro.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,64 +75,81 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", required=True, type=_arch, metavar="ARCH",
                    help=f"{', '.join(ARCHS)}, or package.module:factory (a function returning your own nn.Module)")
     t.add_argument("--dataset", required=True, choices=DATASETS)
-    t.add_argument("--data-root", default=None,
+    t.add_argument("--data-root",
                    help="folder holding MNIST/ and FashionMNIST/ (torchvision layout); default $PYRO_SPARSE_DATA")
-    t.add_argument("--epochs", type=int, default=None, help="default: 100 for digits, 200 for MNIST")
-    t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--lr", type=_finite, default=None, help="Adam lr of the weights (1e-2 digits, 1e-3 MNIST)")
-    t.add_argument("--lr-latent", type=_finite, default=None, help="Adam lr of the guide's parameters")
-    t.add_argument("--weight-decay", type=_finite, default=None)
-    t.add_argument("--lr-schedule", choices=("constant", "linear", "step"), default=None)
-    t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"), default=None,
+    t.add_argument("--epochs", type=int, help="default: 100 for digits, 200 for MNIST")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=_finite, help="Adam lr of the weights (1e-2 digits, 1e-3 MNIST)")
+    t.add_argument("--lr-latent", type=_finite, help="Adam lr of the guide's parameters")
+    t.add_argument("--weight-decay", type=_finite)
+    t.add_argument("--lr-schedule", choices=("constant", "linear", "step"))
+    t.add_argument("--warmup", type=int, nargs=2, metavar=("START", "END"),
                    help="KL weight 0 before epoch START, 1 from epoch END (SVD on MNIST: 5 20)")
-    t.add_argument("--weight-threshold", type=_finite, default=None,
+    t.add_argument("--weight-threshold", type=_finite,
                    help="SVD: prune weights with log alpha >= this (default 3)")
     t.add_argument("--train-clip", action="store_true",
                    help="SVD: weights past --weight-threshold also leave the training-time mean (reference code); "
                    "same as --train-clip-from 0")
-    t.add_argument("--train-clip-from", type=int, default=None, metavar="EPOCH",
+    t.add_argument("--train-clip-from", type=int, metavar="EPOCH",
                    help="SVD: as --train-clip, but only from EPOCH on (0-based, like --warmup; e.g. 180 of 200)")
-    t.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
+    t.add_argument("--kl-scale", action="extend", nargs="+", metavar="LAYER=S",
                    help="multiply the KL of LAYER's latent sites by S > 0 (e.g. --kl-scale conv1=40 conv2=16, as "
                    "the BB authors' LeNet-5 configs do); default: the plain ELBO")
-    t.add_argument("--unit-threshold", type=_finite, default=None,
+    t.add_argument("--unit-threshold", type=_finite,
                    help="SBP: prune units with SNR below this (default 1); BB/DBB: E[pi] (default 1e-3)")
-    t.add_argument("--temperature", type=_finite, default=None, help="BB/DBB relaxed Bernoulli temperature (0.1)")
-    t.add_argument("--noise", choices=("per-example", "per-batch"), default=None,
+    t.add_argument("--include", nargs="+", metavar="GLOB",
+                   help="sparsify only the layers whose names match one of these globs (e.g. 'fc*': SVD on the "
+                        "fully connected layers only)")
+    t.add_argument("--exclude", nargs="+", metavar="GLOB", help="leave the layers matching these globs dense")
+    t.add_argument("--arch-option", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="an option of the architecture (vgg_like: k=0.25, its width multiplier; conv3fc3: "
+                        "dropout=none|conv|all)")
+    t.add_argument("--temperature", type=_finite, help="BB/DBB relaxed Bernoulli temperature (0.1)")
+    t.add_argument("--noise", choices=("per-example", "per-batch"),
                    help="SBP/BB/DBB: draw theta / pi per example (default, lower variance) or once per minibatch "
                         "(the authors' code)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--subset", type=int, default=None, help="train on the first N training examples only")
-    t.add_argument("--val-size", type=int, default=None, metavar="N",
+    t.add_argument("--seed", type=int)
+    t.add_argument("--subset", type=int, help="train on the first N training examples only")
+    t.add_argument("--val-size", type=int, metavar="N",
                    help="hold out N training examples (a fixed random split, the same for every seed) and report "
                         "the validation error per epoch, to choose settings without looking at the test set")
     t.add_argument("--out", required=True, help="RUN_DIR")
-    t.add_argument("--init-from", default=None,
+    t.add_argument("--init-from",
                    help="RUN_DIR to start from: a dense run, a run of the same method (continue), or BB for DBB")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out with its recorded options (an option given with "
                    "another value than recorded is refused)")
     t.add_argument("--trust-code", action="store_true", help="--resume: " + TRUST_HELP)
-    t.add_argument("--device", default="cpu", help="cpu or cuda")
-    t.add_argument("--devices", type=int, default=1, metavar="N",
+    t.add_argument("--device", help="cpu or cuda")
+    t.add_argument("--devices", type=int, metavar="N",
                    help="data-parallel on N processes (torchrun's launcher; gloo on cpu, nccl with one GPU each on "
                         "cuda); --batch-size is the global batch. Or start `torchrun --nproc-per-node N -m "
                         "pyro_sparse.cli train ...` yourself")
-    t.add_argument("--augment", choices=("crop-flip",), default=None,
+    t.add_argument("--augment", choices=("crop-flip",),
                    help="on-device augmentation of image batches: random 4-pixel crops and horizontal flips")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network's forward pass")
     t.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    t.add_argument("--progress-every", type=int, default=20, metavar="K",
+    t.add_argument("--progress-every", type=int, metavar="K",
                    help="steps between progress-bar updates (each reads the running totals back from the device)")
+    t.set_defaults(**{k: v for k, v in STAGE_DEFAULTS.items() if v is not None})
     rp = sub.add_parser("reproduce", help="the papers' comparison table for one architecture (all methods)")
-    rp.add_argument("--arch", required=True, choices=("lenet300", "lenet500", "lenet5"))
+    rp.add_argument("--arch", required=True, choices=tuple(TABLES),
+                    help="lenet300 / lenet500 / lenet5 (MNIST), vgg_like (CIFAR-10, the beta-Bernoulli paper's "
+                         "Table 1), conv3fc3 (CIFAR-10, the sparse-VD paper's Table 4)")
     rp.add_argument("--budget", required=True, choices=("smoke", "cpu", "paper"))
-    rp.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    rp.add_argument("--dataset", default=None, choices=("mnist", "fashion-mnist", "cifar10"),
+                    help="default: mnist for the LeNets, cifar10 for vgg_like and conv3fc3")
     rp.add_argument("--data-root", default=None)
     rp.add_argument("--out", required=True)
     rp.add_argument("--seeds", type=int, default=1)
+    rp.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                    help="only these rows of the table (e.g. dense bb); a row's source row must be among them or done")
+    rp.add_argument("--width", type=_finite, default=None, metavar="K",
+                    help="vgg_like's width multiplier (default 0.25 at --budget smoke/cpu, 1 at paper)")
+    rp.add_argument("--val-size", type=int, default=None, metavar="N",
+                    help="hold out N training examples in every stage and report the validation error")
     rp.add_argument("--no-peer", action="store_true", help="leave out the pytorch-ard peer")
     rp.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
                     help="per-layer KL scale for the SBP and BB stages (authors' LeNet-5: conv1=40 conv2=16)")
@@ -164,52 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_config(a, epochs: int):
-    from .infer import TrainConfig
-
-    d = METHOD_DEFAULTS[a.method]
-    if a.warmup is not None:
-        warmup = tuple(a.warmup)
-    elif d.get("warmup") and a.dataset in ("mnist", "fashion-mnist"):  # deep nets from scratch; not logreg on digits
-        warmup = (5, 20) if epochs >= 40 else (epochs // 8, epochs // 2)
-    else:
-        warmup = (0, 0)
-
-    def given(value, default):
-        return default if value is None else value
-
-    return TrainConfig(
-        epochs=epochs, batch_size=a.batch_size, lr=given(a.lr, DEFAULT_LR[a.dataset]),
-        lr_latent=given(a.lr_latent, d.get("lr_latent")),
-        weight_decay=given(a.weight_decay, d.get("weight_decay", 0.0)),
-        lr_schedule=a.lr_schedule or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1], seed=a.seed,
-        device=a.device, weight_threshold=a.weight_threshold, unit_threshold=a.unit_threshold,
-        measure_latency=not a.no_latency, train_clip_from=0 if a.train_clip else a.train_clip_from,
-        kl_scale=_parse_kl_scale(a.kl_scale), progress_every=a.progress_every,
-        augment=getattr(a, "augment", None), bf16=bool(getattr(a, "bf16", False)),
-        compile=bool(getattr(a, "compile", False)),
-    )
-
-
-def _parse_kl_scale(items: list[str] | None) -> dict[str, float]:
-    """``["conv1=40", "conv2=16"]`` → ``{"conv1": 40.0, "conv2": 16.0}``.
-
-    :raises InvalidInputError: a malformed item or a repeated layer."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        layer, sep, value = item.partition("=")
-        try:
-            s = float(value)
-        except ValueError:
-            s = float("nan")
-        if not sep or not layer or not s > 0 or s == float("inf"):
-            _fail(f"--kl-scale expects LAYER=S with S a positive number (e.g. conv1=40), got {item!r}")
-        if layer in out:
-            _fail(f"--kl-scale gives layer {layer!r} twice; expected each layer once")
-        out[layer] = s
-    return out
-
-
 def _check_device(device: str) -> None:
     from .devices import resolve_device
 
@@ -224,79 +180,6 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
             if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
                 out.add(action.dest)
     return out
-
-
-def _recorded_args(a, saved: dict, given: set[str]):
-    """``--resume``: the recorded options of the run, with only :data:`RESUME_FREE` options taken from ``a``.
-
-    :raises InvalidInputError: an option given on the command line with another value than recorded.
-    """
-    recorded = saved["args"]
-    for dest in sorted(given - set(RESUME_FREE)):
-        now, was = getattr(a, dest), recorded.get(dest)
-        if dest == "kl_scale":
-            now, was = _parse_kl_scale(now), _parse_kl_scale(was)
-        elif isinstance(now, tuple):
-            now = list(now)
-        if now != was:
-            flag = "--" + dest.replace("_", "-")
-            shown = was if was is not None else saved["config"].get(dest)  # None: the method's default
-            shown = "default" if shown is None else repr(shown)
-            _fail(f"--resume: {flag} {now!r} contradicts the recorded {shown} of the run in {a.out}; drop {flag} "
-                  "to continue the recorded run, or start a new --out")
-    # options added after the run was recorded keep their values from the command line (defaults or given)
-    merged = {**vars(a), **recorded, **{k: getattr(a, k) for k in RESUME_FREE}}
-    return argparse.Namespace(**merged)
-
-
-def _validate_train_args(a) -> None:
-    """Everything checkable from the options alone, before any file is read or written."""
-    for name in ("temperature",):
-        v = getattr(a, name)
-        if v is not None and not v > 0:
-            _fail(f"--{name} must be > 0, got {v}")
-    for name in ("subset", "val_size"):
-        v = getattr(a, name)
-        if v is not None and v <= 0:
-            _fail(f"--{name.replace('_', '-')} must be a positive number of examples, got {v}")
-    if a.warmup is not None and (a.warmup[0] < 0 or a.warmup[1] < a.warmup[0]):
-        _fail(f"--warmup START END expects 0 <= START <= END, got {a.warmup[0]} {a.warmup[1]}")
-    for flag, value in (("--train-clip", a.train_clip), ("--train-clip-from", a.train_clip_from is not None)):
-        if value and a.method != "svd":
-            _fail(f"{flag} applies to --method svd only, got --method {a.method}")
-    if a.train_clip and a.train_clip_from is not None:
-        _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
-    if a.weight_threshold is not None and a.method != "svd":
-        _fail(f"--weight-threshold applies to --method svd only, got --method {a.method} (units: --unit-threshold)")
-    if a.unit_threshold is not None and a.method not in ("sbp", "bb", "dbb"):
-        _fail(f"--unit-threshold applies to --method sbp, bb and dbb only, got --method {a.method}")
-    if getattr(a, "noise", None) is not None and a.method not in ("sbp", "bb", "dbb"):
-        _fail(f"--noise applies to --method sbp, bb and dbb only, got --method {a.method}")
-    if a.temperature is not None and a.method not in ("bb", "dbb"):
-        _fail(f"--temperature applies to --method bb and dbb only, got --method {a.method}")
-    if a.init_from is not None and Path(a.init_from).resolve() == Path(a.out).resolve():
-        _fail("--init-from names the --out directory itself; expected another, finished run")
-    if getattr(a, "augment", None) is not None and a.dataset in ("digits", "noise-digits"):
-        _fail(f"--augment {a.augment} needs image data [N, C, H, W]; --dataset {a.dataset} has flat inputs")
-    _check_device(a.device)
-    _check_devices(a)
-
-
-def _check_devices(a) -> None:
-    import torch
-
-    from .infer.distributed import launched_size
-
-    n = getattr(a, "devices", 1)
-    if n is None or n < 1:
-        _fail(f"--devices must be a positive number of processes, got {n}")
-    world = launched_size()
-    if world > 1 and n > 1 and n != world:
-        _fail(f"--devices {n} contradicts the {world} processes torchrun started; drop --devices or make them equal")
-    if n > 1 and a.batch_size < n:
-        _fail(f"--batch-size {a.batch_size} is the global batch and must be at least --devices {n}")
-    if n > 1 and torch.device(a.device).type == "cuda" and torch.cuda.device_count() < n:
-        _fail(f"--devices {n} needs {n} CUDA devices, torch sees {torch.cuda.device_count()}")
 
 
 def _launch(n: int, argv: list[str]) -> int:
@@ -316,166 +199,26 @@ def _launch(n: int, argv: list[str]) -> int:
     return 0
 
 
-def _init_from(a, model, data) -> dict:
-    """Load a compatible run into ``model``; returns its guide ``state_dict``.
-
-    Compatible: the same architecture and input shape, data with the same statistics, and a source stage that
-    the method continues (a dense run; a run of the same method; BB for DBB).
-
-    :raises InvalidInputError: an incompatible or unreadable source, or one from which no weight was loaded.
-    """
-    from .models import load_pretrained
-    from .runfiles import load_checkpoint, read_config
-
-    src = Path(a.init_from)
-    try:
-        cfg = read_config(src)
-        ckpt = load_checkpoint(src)
-    except PyroSparseError as e:
-        _fail(f"--init-from: {e}")
-    stages = {"dense", a.method} | ({"bb"} if a.method == "dbb" else set())
-    if cfg["method"] not in stages:
-        _fail(f"--init-from {src} is a {cfg['method']} run; --method {a.method} starts from "
-              f"{' or '.join(sorted(stages))} runs")
-    if cfg["arch"] != a.arch:
-        _fail(f"--init-from {src} is a {cfg['arch']} run; expected --arch {a.arch}")
-    shape = list(data.input_shape)
-    if cfg.get("input_shape") != shape:
-        _fail(f"--init-from {src} was trained on inputs {cfg.get('input_shape')}; this run's are {shape}")
-    if cfg["dataset"] != a.dataset:
-        _fail(f"--init-from {src} was trained on {cfg['dataset']}; expected --dataset {a.dataset}")
-    mean, std = cfg.get("data_mean"), cfg.get("data_std")
-    if mean is None or std is None or abs(mean - data.mean) > 0.05 * data.std or abs(std / data.std - 1) > 0.05:
-        _fail(f"--init-from {src} was trained on data with mean {mean} and std {std}; this run's data have "
-              f"{data.mean:.4f} and {data.std:.4f} (another --subset or data copy?)")
-    try:
-        used = load_pretrained(model, ckpt["model"])
-    except ValueError as e:
-        _fail(f"--init-from: {e}")
-    params = {name for name, _ in model.named_parameters()}
-    weights = [k for k in used if k in params or k.endswith(".weight")]
-    if not weights:
-        _fail(f"--init-from {src}: no weight of that run fits --arch {a.arch} --method {a.method}")
-    print(f"pyro-sparse: --init-from {src}: loaded {len(used)} tensors of its {cfg['method']} run "
-          f"({len(weights)} weights and biases)", file=sys.stderr)
-    return ckpt["guide"]
-
-
 def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
-    import pyro
-
-    from .data import load_dataset, resolve_root, split_validation, subset
-    from .guides import MeanFieldGuide
-    from .infer import fit
     from .infer.distributed import launched_size
-    from .models import build_model
-    from .poutine import resolve_kl_scale
-    from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
-    from .trust import import_factory, recorded_network
+    from .stage import STAGE_DEFAULTS, check_options, stage_options, train_stage
+    from .trust import import_factory
 
-    if getattr(a, "devices", 1) > 1 and launched_size() == 1:  # start the processes, each runs this command
-        _validate_train_args(a)
+    options = {k: v for k, v in vars(a).items() if k in STAGE_DEFAULTS}
+    if a.devices > 1 and launched_size() == 1:  # start the processes, each runs this command
+        check_options(stage_options(options))
         return _launch(a.devices, argv)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 checks and writes RUN_DIR; the others only read it
-    out = Path(a.out)
-    if main_rank and out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file; expected a run directory (a new or existing folder)")
-    if a.resume:
-        if main_rank and not (out / CONFIG).is_file():
-            raise RunDirError(f"--resume: {out} holds no run (config.json missing); start it without --resume")
-        a = _recorded_args(a, read_config(out), _given(parser, argv))
-        if main_rank and (out / METRICS).is_file():
-            raise RunDirError(f"--resume: the run in {out} has already finished (metrics.json exists)")
-    elif main_rank and not is_fresh(out):
-        raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
-    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
-    _validate_train_args(a)
-    cfg = _train_config(a, epochs)
-    cfg.validate(flag_prefix="--")
-    data_root = resolve_root(a.dataset, a.data_root)
-    data = load_dataset(a.dataset, data_root)
-    if a.subset is not None:  # quick runs: the first N training examples (the test set stays whole)
-        data = subset(data, a.subset)
-    if a.val_size is not None:
-        try:
-            data = split_validation(data, a.val_size)
-        except ValueError as e:
-            _fail(f"--val-size: {e}")
-    # a user's architecture: imported when the command line names it; on --resume (name read from config.json) only
-    # with --arch given again or --trust-code
-    factory = None
-    if ":" in a.arch:
-        given = not a.resume or "arch" in _given(parser, argv)
-        factory = recorded_network({"name": a.arch, "kwargs": {}}, str(out / CONFIG),
-                                   import_factory(a.arch) if given else None, a.trust_code)
-    pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
-    net_kwargs = {k: v for k in ("temperature", "noise") if (v := getattr(a, k, None)) is not None}
+    given = _given(parser, argv)
+    # a user's architecture: imported when the command line names it (the command line is the caller's); on --resume
+    # (the name read from config.json) only with --arch given again, or --trust-code
+    factory = import_factory(a.arch) if ":" in a.arch and (not a.resume or "arch" in given) else None
     try:
-        model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
-                            data.mean, data.std, factory=factory, **net_kwargs)
-    except ValueError as e:
-        _fail(f"{e} (dataset {a.dataset})")
-    init_guide = _init_from(a, model, data) if a.init_from else {}
-    guide = MeanFieldGuide(model)
-    if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
-        own = guide.state_dict()
-        shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
-        guide.load_state_dict(shared, strict=False)
-        if a.method == "dbb":
-            for name, p in guide.named_parameters():
-                if name in shared:
-                    p.requires_grad_(False)
-    try:
-        resolve_kl_scale(guide.site_names, cfg.kl_scale)
-    except ValueError as e:
-        _fail(f"--kl-scale: {e}")
-    if not main_rank:  # fit() reads the checkpoint on --resume, writes nothing, returns rank 0's metrics
-        fit(model, guide, data, cfg, out, resume=a.resume, progress=False, meta={})
-        return 0
-    with RunLock(out) as lock:  # one writer from here on
-        if lock.stale_pid is not None:
-            print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
-                  "taken over", file=sys.stderr)
-        if not a.resume:
-            if not is_fresh(out):  # another process started it meanwhile
-                raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume")
-            for tmp in out.glob("*.tmp"):  # leftovers of a process killed before its config.json
-                tmp.unlink()
-            args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()
-                    if k not in ("command", "debug")}
-            atomic_write_json({
-                "format": CONFIG_FORMAT, "method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed,
-                "epochs": epochs, "subset": a.subset, "val_size": a.val_size,
-                "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None,
-                "command": _command_line(a), "init_from": a.init_from, "data_root": data_root,
-                "input_shape": list(data.input_shape), "data_mean": data.mean, "data_std": data.std,
-                "config": vars(cfg), "net_kwargs": net_kwargs, "args": args,
-            }, out / CONFIG)
-        try:
-            metrics = fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
-                          meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
-        except KeyboardInterrupt:
-            print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume",
-                  file=sys.stderr)
-            return 130
-    _print_summary(metrics)
+        metrics = train_stage(options, given=given, factory=factory)
+    except KeyboardInterrupt:
+        return 130
+    if metrics is not None:
+        _print_summary(metrics)
     return 0
-
-
-def _command_line(a) -> str:
-    """The train command that reproduces this run (every option spelled out)."""
-    parts = ["pyro-sparse train"]
-    for key, value in vars(a).items():
-        if key in ("command", "resume", "quiet") or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts.append(f"{flag} {' '.join(map(str, value))}")
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
 
 
 def _print_summary(m: dict) -> None:
@@ -551,12 +294,17 @@ def cmd_report(a, argv, parser) -> int:
 
 def cmd_reproduce(a, argv, parser) -> int:
     from .reproduce import markdown, run
+    from .stage import parse_kl_scale
 
     if a.seeds < 1:
         _fail(f"--seeds must be >= 1, got {a.seeds}")
-    kl_scale = _parse_kl_scale(a.kl_scale)
-    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, peer=not a.no_peer,
-                kl_scale=kl_scale or None)
+    kl_scale = parse_kl_scale(a.kl_scale)
+    if a.val_size is not None and a.val_size < 1:
+        _fail(f"--val-size must be a positive number of examples, got {a.val_size}")
+    if a.width is not None and not 0 < a.width <= 16:
+        _fail(f"--width must be a width multiplier in (0, 16], got {a.width:g}")
+    table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, methods=tuple(a.rows) if a.rows else None,
+                peer=not a.no_peer, kl_scale=kl_scale or None, width=a.width, val_size=a.val_size)
     print(markdown(table))
     return 0
 

@@ -161,7 +161,7 @@ def network_cost(net: nn.Module, example_input: torch.Tensor, fractions: dict[in
         for h in handles:
             h.remove()
         net.train(was_training)
-    flops, units, widths, layers, maps = 0.0, [], [], [], 0.0
+    flops, units, widths, layers, kinds, maps = 0.0, [], [], [], [], 0.0
     frac = 1.0
     ops = rec.ops
     for i, op in enumerate(ops):
@@ -180,6 +180,7 @@ def network_cost(net: nn.Module, example_input: torch.Tensor, fractions: dict[in
                 break
         w = op["w"]
         layers.append((w.numel(), int(w.ne(0).sum())))
+        kinds.append(op["kind"])
         if op["kind"] == "linear":
             n_out = w.shape[0] * f_out
             flops += op["rows"] * ((2 * w.shape[1] * frac - 1) * n_out + (n_out if op["bias"] else 0))
@@ -194,7 +195,7 @@ def network_cost(net: nn.Module, example_input: torch.Tensor, fractions: dict[in
         frac = f_out
     params = sum(p.numel() for p in net.parameters())
     return {"flops": flops, "units": units, "widths": widths, "params": params, "memory": params + maps,
-            "layers": layers}
+            "layers": layers, "kinds": kinds}
 
 
 def summarize(compact: nn.Module, full: nn.Module, example_input: torch.Tensor, x_test: torch.Tensor | None = None,
@@ -210,7 +211,9 @@ def summarize(compact: nn.Module, full: nn.Module, example_input: torch.Tensor, 
     :raises InvalidInputError: an argument of the wrong kind, shape or range.
     :returns: keys ``test_error``, ``units``, ``units_full`` (per weight layer, see the module docstring),
         ``units_kept``/``units_latent`` (per unit latent, from the compact description), ``n_weights``,
-        ``n_nonzero``, ``compression``, ``layer_sparsity``, ``flops``, ``flops_full``, ``flops_speedup``,
+        ``n_nonzero``, ``compression``, ``layer_sparsity``, ``layer_kinds`` (``"conv"`` / ``"linear"`` per weight
+        layer, execution order), ``layer_weights`` (the full network's weights per layer), ``layer_nonzero`` (the
+        compact one's non-zero weights per layer), ``flops``, ``flops_full``, ``flops_speedup``,
         ``params``, ``params_full``, ``memory_fraction``.
     """
     _check_summarize_args(compact, full, example_input, x_test, y_test, latency_batches, repeats)
@@ -226,6 +229,8 @@ def summarize(compact: nn.Module, full: nn.Module, example_input: torch.Tensor, 
         "units_kept": dict(info.get("units", {})), "units_latent": dict(info.get("units_full", {})),
         "n_weights": n_weights, "n_nonzero": n_nonzero, "compression": n_weights / max(1, n_nonzero),
         "layer_sparsity": [1 - nz / n for (_, nz), (n, _) in zip(c["layers"], f["layers"], strict=False)],
+        "layer_kinds": list(f["kinds"]), "layer_weights": [n for n, _ in f["layers"]],
+        "layer_nonzero": [nz for _, nz in c["layers"]],
         "flops": round(c["flops"]), "flops_full": round(f["flops"]),
         "flops_speedup": round(f["flops"]) / max(1, round(c["flops"])),
         "params": c["params"], "params_full": f["params"],

@@ -106,7 +106,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     checks = (("input_shape", isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
                                                               and d > 0 for d in shape), "a list of positive ints"),
               ("data_root", cfg.get("data_root") is None or isinstance(cfg["data_root"], str), "a path or null"),
-              ("net_kwargs", isinstance(cfg.get("net_kwargs", {}), dict), "an object"))
+              ("net_kwargs", isinstance(cfg.get("net_kwargs", {}), dict), "an object"),
+              ("arch_options", isinstance(cfg.get("arch_options", {}), dict), "an object"))
     for key, ok, expected in checks:
         if not ok:
             raise RunDirError(f"{path}: entry {key!r} is not {expected}; the file is damaged")

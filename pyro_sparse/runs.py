@@ -13,7 +13,7 @@ from .runfiles import CONFIG, load_checkpoint, read_config
 from .trust import recorded_network
 
 #: the sparsify options that ``pyro-sparse train`` records in ``config.json`` (``net_kwargs``)
-RECORDED_OPTIONS = ("temperature", "noise")
+RECORDED_OPTIONS = ("temperature", "noise", "include", "exclude")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], nn.Module] | None = None,
@@ -37,10 +37,14 @@ def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], 
     options = cfg.get("net_kwargs", {})
     if not isinstance(options, dict) or not set(options) <= set(RECORDED_OPTIONS):
         raise RunDirError(f"{source}: 'net_kwargs' must hold only {', '.join(RECORDED_OPTIONS)}; the file is damaged")
+    for key in ("include", "exclude"):  # layer-name globs, never anything callable
+        if key in options and not (isinstance(options[key], list) and all(isinstance(g, str) for g in options[key])):
+            raise RunDirError(f"{source}: 'net_kwargs.{key}' must be a list of layer-name globs; the file is damaged")
     arch = cfg["arch"]
     builder = recorded_network({"name": arch, "kwargs": {}}, str(source), factory, trust_code) if ":" in arch else None
     try:
-        model = build_model(arch, cfg["method"], tuple(cfg["input_shape"]), 10, factory=builder, **options)
+        model = build_model(arch, cfg["method"], tuple(cfg["input_shape"]), 10, factory=builder,
+                            arch_options=cfg.get("arch_options") or None, **options)
     except (KeyError, TypeError, ValueError) as e:
         raise RunDirError(f"{source} does not describe a model ({one_line(e)})") from None
     guide = MeanFieldGuide(model)

@@ -373,6 +373,27 @@ API = [
         "'net_kwargs' must hold only temperature, noise",
     ),
     (
+        "run-config-selector",
+        "code",
+        lambda w, t: _call(load_run, _config(w, "sbp", t, net_kwargs={"include": "hostile_sentinel:boom"})),
+        errors.RunDirError,
+        "must be a list of layer-name globs",
+    ),
+    (
+        "run-config-arch-hook",
+        "code",
+        lambda w, t: _call(load_run, _config(w, "sbp", t, arch_options={"factory": "hostile_sentinel:boom"})),
+        errors.RunDirError,
+        "unknown option(s) 'factory'",
+    ),
+    (
+        "run-config-arch-bomb",
+        "code",
+        lambda w, t: _call(load_run, _config(w, "sbp", t, arch_options=[1, 2])),
+        errors.RunDirError,
+        "entry 'arch_options' is not an object",
+    ),
+    (
         "run-user-no-factory",
         "code",
         lambda w, t: _call(load_run, w.run("user")),

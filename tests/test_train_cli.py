@@ -216,23 +216,23 @@ def test_reproduce_smoke(mnist_root, tmp_path, capsys):
 def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     """LeNet-300-100's SVD stage (from scratch, 200 epochs) switches train-time clipping on at epoch 180; stages from
     a dense net, and short smoke stages, do not clip."""
-    from pyro_sparse.reproduce import _stage_args
+    from pyro_sparse.reproduce import stage_options
 
-    args = _stage_args("lenet300", "svd", 200, 0, "mnist", None, tmp_path, "cpu")
-    assert args[args.index("--train-clip-from") + 1] == "180" and "--init-from" not in args
-    assert "--train-clip-from" not in _stage_args("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
-    assert "--train-clip-from" not in _stage_args("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
+    opts = stage_options("lenet300", "svd", 200, 0, "mnist", None, tmp_path, "cpu")
+    assert opts["train_clip_from"] == 180 and "init_from" not in opts
+    assert "train_clip_from" not in stage_options("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
+    assert "train_clip_from" not in stage_options("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
 
 
 def test_reproduce_kl_scale_goes_to_sbp_and_bb_stages_only(tmp_path, capsys):
-    from pyro_sparse.reproduce import _stage_args, run
+    from pyro_sparse.reproduce import run, stage_options
 
     scale = {"conv1": 40.0, "conv2": 16.0}
     for method in ("sbp", "bb"):
-        args = _stage_args("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
-        assert args[args.index("--kl-scale"):][:3] == ["--kl-scale", "conv1=40", "conv2=16"]
+        assert stage_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)["kl_scale"] == [
+            "conv1=40", "conv2=16"]
     for method in ("dense", "svd", "dbb"):
-        assert "--kl-scale" not in _stage_args("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
+        assert "kl_scale" not in stage_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
     # a finished stage made with another scale is neither reused nor overwritten
     stage = tmp_path / "repro" / "seed0" / "sbp"
     stage.mkdir(parents=True)
@@ -311,3 +311,40 @@ def test_cifar10_reports_both_test_sets(tmp_path, cifar_root, capsys):
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["test_error_official1k"] == metrics["test_error_official1k"]
     assert evaluated["test_error"] == metrics["test_error"]
+
+
+def test_reproduce_cifar10_tables_smoke(cifar_root, tmp_path, capsys):
+    """`pyro-sparse reproduce` on CIFAR-10 (smoke budget, two rows each): the VGG-like table at k = 0.25 (BB from the
+    dense stage, both test sets, 15 filter counts, the paper's beside) and the sparse-VD Table 4 net's "binary dropout
+    on convs + SVD on the FC layers" (the selector and the dropout reach the stage; FC compression reported). The
+    stages run through the library (no CLI argv in between) and record the commit they ran on."""
+    out = tmp_path / "vgg"
+    assert main(["reproduce", "--arch", "vgg_like", "--budget", "smoke", "--data-root", str(cifar_root),
+                 "--rows", "dense", "bb", "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["dataset"] == "cifar10" and table["width"] == 0.25
+    dense, bb = table["rows"]
+    assert [len(dense["units"]), len(bb["units"])] == [15, 15] and dense["units"][0] == 16  # 64 filters × 0.25
+    assert bb["paper"][0] == 6.78 and dense["test_error_official1k"] is not None
+    cfg = json.loads((out / "seed0" / "bb" / "config.json").read_text())
+    assert cfg["init_from"].endswith("dense") and cfg["arch_options"] == {"k": 0.25}
+    assert cfg["args"]["augment"] == "crop-flip" and "--arch-option k=0.25" in cfg["command"]
+    assert cfg["commit"] is None or len(cfg["commit"].removesuffix("+changes")) == 40
+    assert "error % (1,000 official)" in capsys.readouterr().out
+    assert (out / "units.png").is_file() and (out / "error_vs_flops.png").is_file()
+
+    out = tmp_path / "t4"
+    assert main(["reproduce", "--arch", "conv3fc3", "--budget", "smoke", "--data-root", str(cifar_root),
+                 "--rows", "bd+svd-fc", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "table.json").read_text())["rows"]
+    cfg = json.loads((out / "seed0" / "bd+svd-fc" / "config.json").read_text())
+    assert cfg["net_kwargs"]["include"] == ["fc*"] and cfg["arch_options"] == {"dropout": "conv"}
+    metrics = json.loads((out / "seed0" / "bd+svd-fc" / "metrics.json").read_text())
+    assert metrics["layer_kinds"] == ["conv"] * 3 + ["linear"] * 3
+    assert all(s == 0 for s in metrics["layer_sparsity"][:3])  # the convs are not sparsified
+    assert row["fc_compression"]["median"] >= 1.0 and row["paper_fc_compression"] == 171.0
+    from pyro_sparse.runs import load_run
+
+    model, _, _ = load_run(out / "seed0" / "bd+svd-fc")  # the recorded selector and arch options rebuild the model
+    assert sorted(model.weight_layers.values()) == ["fc1", "fc2", "fc3"]
+    assert "fc compression" in (out / "table.md").read_text().lower()
