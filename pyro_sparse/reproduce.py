@@ -59,7 +59,7 @@ BUDGETS = {
         "lenet500": {"dense": 20, "svd": 30, "sbp": 30, "bb": 30, "dbb": 20},
         "lenet5": {"dense": 10, "svd": 10, "sbp": 10, "bb": 10, "dbb": 5},
         "vgg_like": {"dense": 30, "svd": 15, "sbp": 15, "bb": 15, "dbb": 10},
-        "conv3fc3": dict.fromkeys(TABLES["conv3fc3"], 50),
+        "conv3fc3": dict.fromkeys(TABLES["conv3fc3"], 30),
     },
     "paper": {**{arch: dict.fromkeys(rows, 200) for arch, rows in TABLES.items()},
               "conv3fc3": dict.fromkeys(TABLES["conv3fc3"], 250)},
