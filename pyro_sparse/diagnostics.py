@@ -247,10 +247,8 @@ def plot_training_curves(run_dir: str | Path):
 
 
 def write_report(run_dir: str | Path, model, guide) -> list[Path]:
-    """Write the plots of a finished run to ``RUN_DIR/report/*.png``; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Write the plots of a finished run to ``RUN_DIR/report/*.png``; returns the paths written (matplotlib's
+    backend is left as the caller has it)."""
     import matplotlib.pyplot as plt
 
     from .runfiles import read_log

@@ -167,11 +167,10 @@ class Placement:
 
 @dataclass
 class ChannelGroup:
-    """A coupled channel group: the pruning root (a conv/linear with its output channels), the number of channels
-    ``size``, and the unit latent's key (``None``: no latent, e.g. a linear-only group)."""
+    """A coupled channel group: the pruning root (a conv/linear with its output channels) and the unit latent's key
+    (``None``: no latent, e.g. a linear-only group)."""
 
     root: str
-    size: int
     unit: str | None = None
 
 
@@ -519,7 +518,7 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
     units: list[tuple[int, str, int, list[Placement]]] = []  # (first call, key, K, placements)
     for root, group in channel_groups(net, dg, outputs):
         k = len(group.items[0].idxs)
-        info = ChannelGroup(root, k)
+        info = ChannelGroup(root)
         model.groups.append(info)
         producers = [it for it in group.items if _is_out(it.dep.handler) and it.dep.target.module in names
                      and isinstance(it.dep.target.module, (nn.Conv1d, nn.Conv2d))]

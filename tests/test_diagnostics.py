@@ -49,6 +49,15 @@ def test_plots_and_report(sbp_run, capsys):
     model, guide, _ = load_run(sbp_run)
     assert len(plot_unit_summary(model, guide).axes) == 3
     assert len(plot_training_curves(sbp_run).axes) == 3
-    assert main(["report", str(sbp_run)]) == 0
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a caller's own backend stays (the report used to force Agg)
+    try:
+        assert main(["report", str(sbp_run)]) == 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        plt.switch_backend(before)
     written = capsys.readouterr().out.split()
     assert any(p.endswith("units.png") for p in written) and all((sbp_run / "report").exists() for _ in written)

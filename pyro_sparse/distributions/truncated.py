@@ -300,12 +300,6 @@ class TruncatedLogNormal(TorchDistribution):
             cached = self.__dict__["_std_cache"] = (loc, scale, alpha, beta)
         return cached
 
-    @property
-    def log_normalizer(self) -> torch.Tensor:
-        """log Z = log(Φ(β) − Φ(α)), float64."""
-        _, _, alpha, beta = self._std()
-        return log_ndtr_diff(alpha, beta)
-
     def _unit_parts(self):
         """Per-unit parts of one training step (cached while the parameters are unchanged): the entropy (dtype of
         ``loc``), and for :meth:`rsample` ``Φ(lo)``, ``Φ(hi) − Φ(lo)`` (float64), ``hi`` and ``1/|hi|`` of the

@@ -36,7 +36,6 @@ class DBBGate(BBGate):
     :param momentum: update rate of the running mean / std of ``h`` (training only).
     """
 
-    dynamic = True
     #: point estimates trained with the gate learning rate (``lr_latent``), without weight decay: γ sets how sharply
     #: the keep probability follows the input (the reference code trains it with the other dropout variables)
     gate_parameters = ("gamma",)
@@ -102,17 +101,3 @@ class DynamicGate(nn.Module):
         g = torch.where(g >= self.threshold, g, torch.zeros_like(g))
         self.last_active = (g > 0).sum(1)
         return x * _broadcast_units(g, x)
-
-
-def dynamic_gate_from(module: DBBGate, q_pi, q_beta, index: torch.Tensor, threshold: float) -> DynamicGate:
-    """The compact gate of ``module`` restricted to units ``index`` (posteriors ``q_pi``: Kumaraswamy, ``q_beta``)."""
-    gate = DynamicGate(int(index.numel()), module.eps, threshold)
-    with torch.no_grad():
-        gate.scale.copy_(q_pi.mean.detach().cpu()[index])
-        gate.gamma.copy_(module.gamma.detach().cpu()[index])
-        gate.mean.copy_(module.running_mean.cpu()[index])
-        gate.std.copy_(module.running_std.cpu()[index])
-        gate.beta.copy_(q_beta.mean.detach().cpu()[index])
-    return gate
-
-

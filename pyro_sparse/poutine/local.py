@@ -141,10 +141,6 @@ def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int 
     return out.reshape(n, s, o, *out.shape[2:]).transpose(0, 1).reshape(s * n, o, *out.shape[2:])
 
 
-def _conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int = 1, **kwargs) -> torch.Tensor:
-    return _conv(x, w, b, groups, 2, **kwargs)
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            clip_threshold: float | None = None) -> torch.Tensor:
     """``F.linear`` with the local reparameterisation trick for a tagged Gaussian ``weight`` ``[out, in]``.
