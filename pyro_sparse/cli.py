@@ -59,7 +59,7 @@ def _arch(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyro_sparse.models import ARCHS, METHODS
+    from pyro_sparse.models import ARCHS, method_names
 
     from .data import DATASETS
     from .reproduce import TABLES
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--method", required=True, choices=METHODS)
+    t.add_argument("--method", required=True, choices=method_names())
     t.add_argument("--arch", required=True, type=_arch, metavar="ARCH",
                    help=f"{', '.join(ARCHS)}, or package.module:factory (a function returning your own nn.Module)")
     t.add_argument("--dataset", required=True, choices=DATASETS)

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load, save
 from torch import nn
 
-from pyro_sparse.models import Classifier, nets
+from pyro_sparse.models import nets
 
 from .devices import resolve_device
 from .errors import (
@@ -48,6 +48,7 @@ from .errors import (
     RunDirError,
     one_line,
 )
+from .model import Classifier
 from .nn import DBBGate, DynamicGate, Select
 from .sparsify import NORM_LAYERS, WEIGHT_LAYERS, SparseModel, _is_out, _output_layers, channel_groups, dependency_graph
 from .trust import recorded_network

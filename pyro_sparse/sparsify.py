@@ -57,7 +57,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 from torch.func import functional_call
 
-from pyro_sparse.models.architectures import Classifier
+from pyro_sparse.model import Classifier
 
 from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
@@ -85,6 +85,13 @@ class Method:
     :ivar shared_unit: ``units``: the unit for a group with several placements, if ``unit`` cannot serve one.
     :ivar norm_options: ``units``: unit options used by default in a network with normalisation layers (BB, DBB: the
         authors' VGG init of the gates, ``init_keep`` ≈ 0.68); options the caller gives win.
+    :ivar training: the method's training defaults, fields of :class:`pyro_sparse.infer.TrainConfig`
+        (``lr_schedule``, ``lr_latent``, ``weight_decay``; ``kl_warmup=True``: the KL warm-up of training from
+        scratch, epochs 5 → 20 of 200). :meth:`pyro_sparse.infer.TrainConfig.for_method` and ``pyro-sparse train``
+        read them.
+    :ivar starts_from: the other methods whose runs this one continues besides a dense run and its own (DBB: BB).
+    :ivar freezes_source: continuing a run of ``starts_from``, its guide parameters are loaded and frozen (DBB keeps
+        BB's q(π) and trains β and γ: the DBB paper's two-stage training).
     """
 
     name: str
@@ -96,6 +103,13 @@ class Method:
     unit: Callable[..., UnitModule] | None = None
     shared_unit: Callable[..., UnitModule] | None = None
     norm_options: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    starts_from: tuple[str, ...] = ()
+    freezes_source: bool = False
+
+
+#: the gate methods' schedule (the beta-Bernoulli authors' configs): a larger lr on the gates, steps ×0.1 at 50%/80%
+_GATE_TRAINING = {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4}
 
 
 def _log_uniform(shape: torch.Size):
@@ -108,11 +122,28 @@ def _log_alpha_keep(q, threshold: float) -> torch.Tensor:
 
 
 METHODS: dict[str, Method] = {
-    "svd": Method("svd", "weights", prior=_log_uniform, weight_keep=_log_alpha_keep, threshold=3.0),
-    "sbp": Method("sbp", "units", unit=SBPNoise),
-    "bb": Method("bb", "units", unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP}),
-    "dbb": Method("dbb", "units", unit=DBBGate, shared_unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP}),
+    # METHODS.md schedules: SVD from scratch with KL warm-up; SBP / BB fine-tune with a larger lr on noise / gates
+    "svd": Method("svd", "weights", prior=_log_uniform, weight_keep=_log_alpha_keep, threshold=3.0,
+                  training={"lr_schedule": "linear", "kl_warmup": True}),
+    "sbp": Method("sbp", "units", unit=SBPNoise, training={"lr_schedule": "linear", "lr_latent": 1e-2}),
+    "bb": Method("bb", "units", unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP}, training=_GATE_TRAINING),
+    "dbb": Method("dbb", "units", unit=DBBGate, shared_unit=BBGate, norm_options={"init_keep": BN_INIT_KEEP},
+                  training=_GATE_TRAINING, starts_from=("bb",), freezes_source=True),
 }
+#: the training defaults of ``dense`` (no method attached), as :attr:`Method.training`
+DENSE_TRAINING = {"lr_schedule": "linear"}
+TRAINING_KEYS = ("lr_schedule", "lr_latent", "weight_decay", "kl_warmup")
+
+
+def training_defaults(method: str) -> dict:
+    """The training defaults of ``method`` (``dense`` or a registered method; :attr:`Method.training`).
+
+    :raises InvalidInputError: an unknown method."""
+    if method == "dense":
+        return dict(DENSE_TRAINING)
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; expected one of dense, {', '.join(METHODS)}")
+    return dict(METHODS[method].training)
 
 
 def register_method(method: Method) -> None:
@@ -126,6 +157,12 @@ def register_method(method: Method) -> None:
         raise ValueError(f"method {method.name!r}: kind 'units' needs unit")
     if method.kind not in ("weights", "units"):
         raise ValueError(f"method {method.name!r}: kind must be 'weights' or 'units', got {method.kind!r}")
+    unknown = sorted(set(method.training) - set(TRAINING_KEYS))
+    if unknown:
+        raise ValueError(f"method {method.name!r}: unknown training default(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(TRAINING_KEYS)}")
+    if not isinstance(method.name, str) or not method.name or method.name == "dense" or ":" in method.name:
+        raise ValueError(f"method name {method.name!r}: expected a non-empty name other than 'dense', without ':'")
     METHODS[method.name] = method
 
 
@@ -249,13 +286,14 @@ class SparseModel(Classifier):
     ``forward(x [B, *input_shape], y [B] or None) -> logits [*sample_shape, B, classes]`` (as
     :class:`pyro_sparse.models.Classifier`, which it extends). Attributes: ``net`` (the copied user network, plain
     ``nn.Module``), ``weights`` (SVD: one :class:`WeightSite` per layer), ``units`` (one unit module per latent),
-    ``placements`` (``{unit key: [Placement]}``), ``groups`` (the coupled channel groups), ``method``,
-    ``example_input``.
+    ``placements`` (``{unit key: [Placement]}``), ``groups`` (the coupled channel groups), ``method`` (its name),
+    ``spec`` (the :class:`Method` object itself: prior, keep rule, training defaults), ``example_input``.
     """
 
     def __init__(self, net: nn.Module, method: Method, input_shape, num_data: int | None, example_input):
         super().__init__(net, input_shape, num_data)
         self.method = method.name
+        self.spec = method
         self.weights = PyroModule[nn.ModuleDict]()
         self.units = PyroModule[nn.ModuleDict]()
         self.weight_layers: dict[str, str] = {}  # WeightSite key -> module path

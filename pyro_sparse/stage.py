@@ -24,14 +24,6 @@ from torch import nn
 
 from .errors import InvalidInputError, PyroSparseError, RunDirError
 
-METHOD_DEFAULTS = {
-    # METHODS.md schedules: SVD from scratch with KL warm-up; SBP / BB fine-tune with a larger lr on noise/gates
-    "dense": {"lr_schedule": "linear"},
-    "svd": {"lr_schedule": "linear", "warmup": True},
-    "sbp": {"lr_schedule": "linear", "lr_latent": 1e-2},
-    "bb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
-    "dbb": {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4},
-}
 DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200, "cifar10": 200}
 DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3, "cifar10": 1e-3}
 
@@ -121,11 +113,12 @@ def parse_arch_options(items: list[str] | None) -> dict[str, object]:
 def train_config(a: Mapping, epochs: int):
     """The engine's :class:`pyro_sparse.infer.TrainConfig` of stage options ``a`` (method defaults filled in)."""
     from .infer import TrainConfig
+    from .sparsify import training_defaults
 
-    d = METHOD_DEFAULTS[a["method"]]
+    d = training_defaults(a["method"])  # the method object's (pyro_sparse.Method.training)
     if a["warmup"] is not None:
         warmup = tuple(a["warmup"])
-    elif d.get("warmup") and a["dataset"] in ("mnist", "fashion-mnist"):  # deep nets from scratch; not on digits
+    elif d.get("kl_warmup") and a["dataset"] in ("mnist", "fashion-mnist"):  # deep nets from scratch; not on digits
         warmup = (5, 20) if epochs >= 40 else (epochs // 8, epochs // 2)
     else:
         warmup = (0, 0)
@@ -137,7 +130,7 @@ def train_config(a: Mapping, epochs: int):
         epochs=epochs, batch_size=a["batch_size"], lr=given(a["lr"], DEFAULT_LR[a["dataset"]]),
         lr_latent=given(a["lr_latent"], d.get("lr_latent")),
         weight_decay=given(a["weight_decay"], d.get("weight_decay", 0.0)),
-        lr_schedule=a["lr_schedule"] or d["lr_schedule"], warmup_start=warmup[0], warmup_end=warmup[1],
+        lr_schedule=a["lr_schedule"] or d.get("lr_schedule", "linear"), warmup_start=warmup[0], warmup_end=warmup[1],
         seed=a["seed"], device=a["device"], weight_threshold=a["weight_threshold"],
         unit_threshold=a["unit_threshold"], measure_latency=not a["no_latency"],
         train_clip_from=0 if a["train_clip"] else a["train_clip_from"], kl_scale=parse_kl_scale(a["kl_scale"]),
@@ -172,10 +165,14 @@ def check_options(a: Mapping) -> None:
     """Everything checkable from the options alone, before any file is read or written.
 
     :raises InvalidInputError: one line naming the option and what was expected."""
-    from .models import METHODS
+    from .models import method_names
+    from .sparsify import METHODS
 
-    if a["method"] not in METHODS:
-        _fail(f"unknown method {a['method']!r}; expected one of {', '.join(METHODS)}")
+    if a["method"] not in method_names():
+        _fail(f"unknown method {a['method']!r}; expected one of {', '.join(method_names())}")
+    weight_methods = _and([m for m, spec in METHODS.items() if spec.kind == "weights"])
+    unit_methods = _and([m for m, spec in METHODS.items() if spec.kind == "units"])
+    kind = METHODS[a["method"]].kind if a["method"] in METHODS else "dense"
     for name in ("temperature",):
         v = a[name]
         if v is not None and not v > 0:
@@ -188,16 +185,17 @@ def check_options(a: Mapping) -> None:
         _fail(f"--warmup START END expects 0 <= START <= END, got {a['warmup'][0]} {a['warmup'][1]}")
     method = a["method"]
     for flag, value in (("--train-clip", a["train_clip"]), ("--train-clip-from", a["train_clip_from"] is not None)):
-        if value and method != "svd":
-            _fail(f"{flag} applies to --method svd only, got --method {method}")
+        if value and kind != "weights":
+            _fail(f"{flag} applies to --method {weight_methods} only, got --method {method}")
     if a["train_clip"] and a["train_clip_from"] is not None:
         _fail("--train-clip and --train-clip-from exclude each other (--train-clip clips from the first epoch)")
-    if a["weight_threshold"] is not None and method != "svd":
-        _fail(f"--weight-threshold applies to --method svd only, got --method {method} (units: --unit-threshold)")
-    if a["unit_threshold"] is not None and method not in ("sbp", "bb", "dbb"):
-        _fail(f"--unit-threshold applies to --method sbp, bb and dbb only, got --method {method}")
-    if a["noise"] is not None and method not in ("sbp", "bb", "dbb"):
-        _fail(f"--noise applies to --method sbp, bb and dbb only, got --method {method}")
+    if a["weight_threshold"] is not None and kind != "weights":
+        _fail(f"--weight-threshold applies to --method {weight_methods} only, got --method {method} (units: "
+              "--unit-threshold)")
+    if a["unit_threshold"] is not None and kind != "units":
+        _fail(f"--unit-threshold applies to --method {unit_methods} only, got --method {method}")
+    if a["noise"] is not None and kind != "units":
+        _fail(f"--noise applies to --method {unit_methods} only, got --method {method}")
     if a["temperature"] is not None and method not in ("bb", "dbb"):
         _fail(f"--temperature applies to --method bb and dbb only, got --method {method}")
     for name in ("include", "exclude"):
@@ -217,6 +215,11 @@ def check_options(a: Mapping) -> None:
 
     resolve_device(a["device"], "--device")
     _check_devices(a)
+
+
+def _and(names: list[str]) -> str:
+    """``["sbp", "bb", "dbb"]`` → ``"sbp, bb and dbb"``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _check_devices(a: Mapping) -> None:
@@ -246,6 +249,7 @@ def _init_from(a: _Options, model, data) -> dict:
     """
     from .models import load_pretrained
     from .runfiles import load_checkpoint, read_config
+    from .sparsify import METHODS
 
     src = Path(a.init_from)
     try:
@@ -253,7 +257,8 @@ def _init_from(a: _Options, model, data) -> dict:
         ckpt = load_checkpoint(src)
     except PyroSparseError as e:
         _fail(f"--init-from: {e}")
-    stages = {"dense", a.method} | ({"bb"} if a.method == "dbb" else set())
+    spec = METHODS.get(a.method)
+    stages = {"dense", a.method} | set(spec.starts_from if spec else ())
     if cfg["method"] not in stages:
         _fail(f"--init-from {src} is a {cfg['method']} run; --method {a.method} starts from "
               f"{' or '.join(sorted(stages))} runs")
@@ -369,10 +374,14 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
     init_guide = _init_from(a, model, data) if a.init_from else {}
     guide = MeanFieldGuide(model)
     if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
+        from .runfiles import read_config
+        from .sparsify import METHODS
+
         own = guide.state_dict()
         shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
         guide.load_state_dict(shared, strict=False)
-        if a.method == "dbb":
+        spec = METHODS.get(a.method)
+        if spec and spec.freezes_source and read_config(a.init_from)["method"] in spec.starts_from:
             for name, p in guide.named_parameters():
                 if name in shared:
                     p.requires_grad_(False)

@@ -314,20 +314,23 @@ def test_cifar10_reports_both_test_sets(tmp_path, cifar_root, capsys):
 
 
 def test_reproduce_cifar10_tables_smoke(cifar_root, tmp_path, capsys):
-    """`pyro-sparse reproduce` on CIFAR-10 (smoke budget, two rows each): the VGG-like table at k = 0.25 (BB from the
-    dense stage, both test sets, 15 filter counts, the paper's beside) and the sparse-VD Table 4 net's "binary dropout
+    """`pyro-sparse reproduce` on CIFAR-10 (smoke budget, one row each): the VGG-like table at k = 0.25 (both test
+    sets, 15 filter counts, the paper's beside) and the sparse-VD Table 4 net's "binary dropout
     on convs + SVD on the FC layers" (the selector and the dropout reach the stage; FC compression reported). The
     stages run through the library (no CLI argv in between) and record the commit they ran on."""
+    from pyro_sparse.reproduce import stage_options
+
     out = tmp_path / "vgg"
     assert main(["reproduce", "--arch", "vgg_like", "--budget", "smoke", "--data-root", str(cifar_root),
-                 "--rows", "dense", "bb", "--out", str(out)]) == 0
+                 "--rows", "dense", "--out", str(out)]) == 0
     table = json.loads((out / "table.json").read_text())
     assert table["dataset"] == "cifar10" and table["width"] == 0.25
-    dense, bb = table["rows"]
-    assert [len(dense["units"]), len(bb["units"])] == [15, 15] and dense["units"][0] == 16  # 64 filters × 0.25
-    assert bb["paper"][0] == 6.78 and dense["test_error_official1k"] is not None
-    cfg = json.loads((out / "seed0" / "bb" / "config.json").read_text())
-    assert cfg["init_from"].endswith("dense") and cfg["arch_options"] == {"k": 0.25}
+    (dense,) = table["rows"]
+    assert len(dense["units"]) == 15 and dense["units"][0] == 16  # 64 filters × 0.25
+    assert dense["paper"][0] == 7.43 and dense["test_error_official1k"] is not None
+    assert stage_options("vgg_like", "bb", 15, 0, "cifar10", None, out, "cpu")["init_from"] == str(out / "dense")
+    cfg = json.loads((out / "seed0" / "dense" / "config.json").read_text())
+    assert cfg["arch_options"] == {"k": 0.25}
     assert cfg["args"]["augment"] == "crop-flip" and "--arch-option k=0.25" in cfg["command"]
     assert cfg["commit"] is None or len(cfg["commit"].removesuffix("+changes")) == 40
     assert "error % (1,000 official)" in capsys.readouterr().out

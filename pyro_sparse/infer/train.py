@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pyro_sparse.models.architectures import Classifier
+from pyro_sparse.model import Classifier
 
 from ..compact import check_guide, compact, full_network, save_compact
 from ..data import AUGMENTATIONS, Dataset, augment
@@ -118,6 +118,27 @@ class TrainConfig:
     augment: str | None = None
     bf16: bool = False
     compile: bool = False
+
+    @classmethod
+    def for_method(cls, method: str, epochs: int = 200, **overrides) -> TrainConfig:
+        """The configuration ``pyro-sparse train --method METHOD`` uses on MNIST (:attr:`pyro_sparse.Method.training`:
+        SVD's linear decay and KL warm-up 5 → 20 of 200 epochs, scaled for shorter runs; SBP's gate lr 1e-2; BB/DBB's
+        step schedule, gate lr 1e-2 and weight decay 1e-4), with ``overrides`` (any field) on top.
+
+        :raises InvalidInputError: an unknown method or field."""
+        from pyro_sparse.sparsify import training_defaults
+
+        d = training_defaults(method)
+        warm = (5, 20) if epochs >= 40 else (epochs // 8, epochs // 2)
+        fields = {"epochs": epochs, "lr_schedule": d.get("lr_schedule", "linear"), "lr_latent": d.get("lr_latent"),
+                  "weight_decay": d.get("weight_decay", 0.0)}
+        if d.get("kl_warmup"):
+            fields["warmup_start"], fields["warmup_end"] = warm
+        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InvalidInputError(f"TrainConfig.for_method: unknown field(s) {', '.join(unknown)}; valid: "
+                                    f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**{**fields, **overrides})
 
     def validate(self, flag_prefix: str = "") -> None:
         """Check every field: finite, in range, consistent with the others.

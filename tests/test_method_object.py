@@ -1,0 +1,68 @@
+"""A method is one object: what ``register_method`` adds reaches build_model, the training defaults, the CLI's
+``--method`` and the stage rules, without editing the package."""
+
+import json
+
+import pytest
+from pyro_sparse.models import build_model, method_names
+
+from pyro_sparse import Method, register_method
+from pyro_sparse.cli import main
+from pyro_sparse.errors import InvalidInputError
+from pyro_sparse.infer import TrainConfig
+from pyro_sparse.nn import BBGate
+from pyro_sparse.sparsify import METHODS, training_defaults
+
+
+@pytest.fixture
+def gate_method():
+    """A fifth method: the BB gate with its own training defaults (gate lr 3e-2, linear decay), continuing BB runs."""
+    spec = Method("bb_fast", "units", unit=BBGate, training={"lr_schedule": "linear", "lr_latent": 3e-2},
+                  starts_from=("bb",))
+    register_method(spec)
+    try:
+        yield spec
+    finally:
+        METHODS.pop("bb_fast", None)
+
+
+def test_the_built_in_methods_carry_the_cli_training_defaults():
+    assert training_defaults("bb") == {"lr_schedule": "step", "lr_latent": 1e-2, "weight_decay": 1e-4}
+    cfg = TrainConfig.for_method("svd", epochs=200)
+    assert (cfg.lr_schedule, cfg.warmup_start, cfg.warmup_end, cfg.lr_latent) == ("linear", 5, 20, None)
+    cfg = TrainConfig.for_method("dbb", epochs=30, lr=3e-4)
+    assert (cfg.lr_schedule, cfg.lr_latent, cfg.weight_decay, cfg.lr, cfg.epochs) == ("step", 1e-2, 1e-4, 3e-4, 30)
+    assert TrainConfig.for_method("dense").lr_schedule == "linear"
+    with pytest.raises(InvalidInputError, match="unknown method 'nope'"):
+        TrainConfig.for_method("nope")
+    with pytest.raises(InvalidInputError, match="unknown field"):
+        TrainConfig.for_method("bb", gate_lr=1.0)
+
+
+def test_register_method_checks_its_fields():
+    with pytest.raises(ValueError, match="unknown training default"):
+        register_method(Method("x", "units", unit=BBGate, training={"lr_gate": 1.0}))
+    with pytest.raises(ValueError, match="other than 'dense'"):
+        register_method(Method("dense", "units", unit=BBGate))
+    assert "x" not in METHODS
+
+
+def test_a_registered_method_reaches_every_entry_point(gate_method, tmp_path, capsys):
+    assert method_names()[-1] == "bb_fast"
+    model = build_model("logreg", "bb_fast", (64,), 10, 100)
+    assert model.spec is gate_method
+    cfg = TrainConfig.for_method("bb_fast", epochs=2)
+    assert (cfg.lr_schedule, cfg.lr_latent) == ("linear", 3e-2)
+    common = ["--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--quiet", "--no-latency"]
+    assert main(["train", "--method", "bb", *common, "--out", str(tmp_path / "bb")]) == 0
+    assert main(["train", "--method", "bb_fast", *common, "--init-from", str(tmp_path / "bb"),
+                 "--out", str(tmp_path / "fast")]) == 0
+    saved = json.loads((tmp_path / "fast" / "config.json").read_text())["config"]
+    assert (saved["lr_schedule"], saved["lr_latent"]) == ("linear", 3e-2)
+    assert "bb_fast logreg on digits" in capsys.readouterr().out
+    # the stage rule comes from the object: bb_fast continues BB runs, not SBP ones
+    assert main(["train", "--method", "sbp", *common, "--out", str(tmp_path / "sbp")]) == 0
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "bb_fast", *common, "--init-from", str(tmp_path / "sbp"),
+              "--out", str(tmp_path / "fast2")])
+    assert "starts from bb or bb_fast or dense runs" in capsys.readouterr().err
