@@ -1,6 +1,6 @@
 """Guides: for every latent site of a pyro-sparse model, the variational family that matches its prior.
 
-DESIGN.md contract 1. ``MeanFieldGuide(model)`` finds the latent sites the model declares with ``PyroSample`` and
+docs/design.md, contract 2. ``MeanFieldGuide(model)`` finds the latent sites the model declares with ``PyroSample`` and
 creates, per site, the family registered for its prior type:
 
 ==========================  ==========================  =====================

@@ -1,7 +1,7 @@
 """pyro-sparse: Bayesian sparsification of neural networks in Pyro.
 
 Importing the package registers every analytic KL (``torch.distributions.kl.register_kl``) and changes nothing
-else: no Pyro setting, no param store entry (DESIGN.md contract 4). Models and guides work in both of Pyro's
+else: no Pyro setting, no param store entry (docs/design.md, contract 4). Models and guides work in both of Pyro's
 parameter modes: the global param store (``SVI`` + ``pyro.optim``) and ``module_local_params=True`` (an ELBO module
 + a torch optimizer). The library's own entry points (:func:`pyro_sparse.infer.fit`, the CLI, ``reproduce``) use
 module-local parameters inside :func:`module_local_params` and restore the caller's setting on exit.

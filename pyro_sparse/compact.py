@@ -1,6 +1,6 @@
 """``compact``: a trained :class:`~pyro_sparse.SparseModel` → the user's architecture, physically smaller, checked.
 
-Steps (DESIGN.md contracts 1 and 7):
+Steps (docs/design.md, contracts 1 and 7):
 
 1. **Weights** (SVD): each latent weight becomes θ with the weights of ``log α >= threshold`` zeroed.
 2. **Fold**: each unit latent's test-time multiplier (E θ for SBP, E[π] for BB, 1 for DBB's kept units) times its

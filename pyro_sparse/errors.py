@@ -1,5 +1,5 @@
 """The error contract of pyro-sparse: every user-facing failure is a :class:`PyroSparseError` with a one-line message
-naming what is wrong and what was expected (DESIGN.md contract 8).
+naming what is wrong and what was expected (docs/design.md, contract 8).
 
 The public API raises these (most also subclass the built-in exception a Python user would catch: ``ValueError``,
 ``FileNotFoundError``, ``RuntimeError``); the CLI turns every one of them, and ``ValueError`` / ``OSError`` from the

@@ -1,4 +1,4 @@
-"""``sparsify``: attach a Bayesian sparsification method to any ``nn.Module`` (DESIGN.md contracts 1, 5, 7).
+"""``sparsify``: attach a Bayesian sparsification method to any ``nn.Module`` (docs/design.md, contracts 1, 5, 7).
 
 ``sparsify(net, method, example_input)`` works on a deep copy of the user's network and returns a
 :class:`SparseModel`: a Pyro model (the network + a categorical likelihood over a data plate of size N) whose

@@ -1,4 +1,5 @@
-"""Files are data: the one place where pyro-sparse turns a name written in a file into code (DESIGN.md contract 12).
+"""Files are data: the one place where pyro-sparse turns a name written in a file into code (docs/design.md,
+contract 12).
 
 A compact network (``compact.json``) and a run directory (``config.json``) record how their network was built: the
 name of an architecture of :mod:`pyro_sparse.models.nets` with its options (plain data, validated by type and

@@ -252,7 +252,7 @@ class TruncatedLogUniform(TorchDistribution):
 class TruncatedLogNormal(TorchDistribution):
     """Guide on a positive noise variable θ with ``log θ ~ N(loc, scale²)`` truncated to ``[a, b]``.
 
-    Not a subclass of ``Normal`` on purpose: it must not inherit Normal's KL registrations (DESIGN.md contract 2).
+    Not a subclass of ``Normal`` on purpose: it must not inherit Normal's KL registrations (docs/design.md, contract 3).
 
     Moments (METHODS.md §2), computed in log space:
     ``E θ = exp(μ + σ²/2)·[Φ(β−σ) − Φ(α−σ)]/Z``, ``E θ² = exp(2μ + 2σ²)·[Φ(β−2σ) − Φ(α−2σ)]/Z``,

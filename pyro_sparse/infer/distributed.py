@@ -1,4 +1,4 @@
-"""Data-parallel training on ``torch.distributed`` (DDP), launched by ``torchrun`` (DESIGN.md contract 6).
+"""Data-parallel training on ``torch.distributed`` (DDP), launched by ``torchrun`` (docs/design.md, contract 6).
 
 pyro-sparse does no process management of its own: ``torchrun --nproc-per-node N`` (or ``pyro-sparse train ...
 --devices N``, which calls torchrun's launcher, :func:`torch.distributed.run.run`) starts the processes and sets

@@ -1,4 +1,4 @@
-"""The one training loop of pyro-sparse, for every method and architecture (DESIGN.md contract 5).
+"""The one training loop of pyro-sparse, for every method and architecture (docs/design.md, contract 6).
 
 SVI on :class:`~pyro_sparse.infer.SparseELBO` with a PyTorch Adam over two parameter groups — the model's point
 estimates (``lr``, ``weight_decay``) and the guide's variational parameters (``lr_latent``) — a per-epoch learning-rate

@@ -1,6 +1,6 @@
 """Local (per-example) noise: the one place where pyro-sparse turns global posterior samples into per-example draws.
 
-DESIGN.md contract 5. Inside :class:`LocalReparameterizationMessenger` (applied by the guide), every latent value
+docs/design.md, contract 5. Inside :class:`LocalReparameterizationMessenger` (applied by the guide), every latent value
 the guide draws carries its guide distribution as a tag. The value itself is an honest draw from q, so a guide trace
 records what q gives. The model's layers then call :func:`linear`, :func:`conv2d` or :func:`local_sample`, which,
 for a tagged value, use the distribution to draw the noise per example instead of sharing the one global draw:
@@ -190,7 +190,7 @@ class LocalOps(TorchFunctionMode):
     is a latent value: a tagged Gaussian weight gets the local reparameterisation trick (:func:`linear`,
     :func:`conv`), a weight with sample dims the batched op; every other call runs unchanged. This is how a
     user's own ``nn.Linear`` / ``nn.Conv2d`` (any stride, padding, dilation, groups, bias) trains with sparse VD
-    without a layer class of ours (DESIGN.md contract 5; TyXe intercepts the same ops).
+    without a layer class of ours (docs/design.md, contract 5; TyXe intercepts the same ops).
     :class:`pyro_sparse.SparseModel` runs its network inside it.
     """
 
