@@ -121,17 +121,16 @@ def _inference_data(az, model, guide, x, y, num_samples):
 
 
 def _unit_stats(model, guide):
-    """``[(label, values [K], threshold, kind)]`` per unit module / SVD layer."""
+    """``[(label, values [K], threshold, kind)]`` per unit latent / SVD layer (SVD: the median log α of each input
+    unit's weights), from :meth:`pyro_sparse.SparseModel.summary`."""
     out = []
-    for name, module, attr, q in _sparse_sites(model, guide):
-        key = _short(name)
-        if attr == "theta":
-            out.append((key, q.snr().detach().cpu().numpy(), module.default_threshold, "SNR"))
-        elif attr == "pi":
-            out.append((key, q.mean.detach().cpu().numpy(), module.default_threshold, "E[π]"))
-        elif attr == "weight":
-            la = _unit_log_alpha(q)
-            out.append((key, la.detach().cpu().numpy(), 3.0, "median log α"))
+    for row in model.summary(guide):
+        key = _short(row["site"])
+        if row["statistic"] == "log_alpha":
+            values = row["values"].transpose(0, 1).reshape(row["values"].shape[1], -1).median(1).values
+            out.append((key, values.cpu().numpy(), row["threshold"], "median log α"))
+        else:
+            out.append((key, row["values"].cpu().numpy(), row["threshold"], row["statistic"]))
     return out
 
 

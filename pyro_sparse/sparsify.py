@@ -343,6 +343,43 @@ class SparseModel(Classifier):
         value = self.thresholds["weight"]
         return METHODS[self.method].threshold if value is None else value
 
+    def summary(self, guide=None) -> list[dict]:
+        """What the keep rules decide, per latent site, from ``guide``'s posterior (default: the bound guide) at the
+        thresholds in effect (:meth:`set_thresholds`, else the method's defaults). The values ``.eval()`` and
+        :func:`pyro_sparse.compact` read; change what gets pruned with :meth:`set_thresholds`, never by editing the
+        guide.
+
+        :returns: one dict per site, in the model's order: ``site`` (Pyro site name), ``layers`` (the module paths it
+            acts on), ``statistic`` (``"log_alpha"`` per weight for SVD, ``"SNR"`` per unit for SBP, ``"E[π]"`` per
+            unit for BB/DBB), ``values`` (tensor, the weight's shape ``[out, in, ...]`` or ``[K]``), ``threshold``
+            (float), ``rule`` (``"prune if >="`` for log α, ``"prune if <"`` for units), ``keep`` (bool tensor like
+            ``values``), ``kept`` and ``total`` (ints).
+        :raises InvalidInputError: no guide given or bound.
+        """
+        from .distributions import normal_log_alpha
+
+        guide = guide or self._require_guide()
+        rows = []
+        method = METHODS[self.method]
+        for key, path in self.weight_layers.items():
+            site = self.site_name("weights", key, "weight")
+            q = guide.posterior(site)
+            threshold = self.weight_threshold()
+            keep = method.weight_keep(q, threshold)
+            rows.append({"site": site, "layers": [path], "statistic": "log_alpha",
+                         "values": normal_log_alpha(q).detach(), "threshold": threshold, "rule": "prune if >=",
+                         "keep": keep, "kept": int(keep.sum()), "total": keep.numel()})
+        for key, places in self.placements.items():
+            unit = self.units[key]
+            q = self.unit_posterior(key, guide)[unit.latent_site]
+            threshold = unit.default_threshold if self.thresholds["unit"] is None else self.thresholds["unit"]
+            keep, _ = unit.keep(q, threshold)
+            layers = list(dict.fromkeys(p.module for p in places))
+            rows.append({"site": self.site_name("units", key, unit.latent_site), "layers": layers,
+                         "statistic": unit.statistic_name, "values": unit.statistic(q), "threshold": threshold,
+                         "rule": "prune if <", "keep": keep, "kept": int(keep.sum()), "total": keep.numel()})
+        return rows
+
     def site_name(self, container: str, key: str, attr: str) -> str:
         return f"{container}.{key}.{attr}"
 

@@ -66,3 +66,42 @@ def test_a_registered_method_reaches_every_entry_point(gate_method, tmp_path, ca
         main(["train", "--method", "bb_fast", *common, "--init-from", str(tmp_path / "sbp"),
               "--out", str(tmp_path / "fast2")])
     assert "starts from bb or bb_fast or dense runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_summary_says_what_the_keep_rule_decides(method):
+    """``model.summary(guide)``: the statistic per site, the threshold in effect and the keep mask; moving the
+    threshold with ``set_thresholds`` moves the mask, and ``compact`` removes exactly what the summary says."""
+    import torch
+    from torch import nn
+
+    from pyro_sparse import compact, sparsify
+    from pyro_sparse.guides import MeanFieldGuide
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = sparsify(net, method, torch.randn(4, 64), num_data=100)
+    guide = MeanFieldGuide(model)
+    with torch.no_grad():  # spread the posterior so that a threshold splits the units / weights
+        for name, p in guide.named_parameters():
+            p.add_(torch.randn_like(p) * (2.0 if method != "svd" or "log" in name else 0.0))
+    rows = model.summary(guide)
+    assert rows and all(r["keep"].shape == r["values"].shape for r in rows)
+    stat = {"svd": "log_alpha", "sbp": "SNR", "bb": "E[π]", "dbb": "E[π]"}[method]
+    assert {r["statistic"] for r in rows} == {stat}
+    first = rows[0]
+    assert first["threshold"] == {"svd": 3.0, "sbp": 1.0}.get(method, 1e-3)
+    middle = float(first["values"].flatten().median())
+    model.set_thresholds(**{"weight" if method == "svd" else "unit": middle})
+    rows = model.summary(guide)
+    first = rows[0]
+    assert first["threshold"] == middle and 0 < first["kept"] < first["total"]
+    assert torch.equal(first["keep"], first["values"] < middle if method == "svd" else first["values"] >= middle)
+    small = compact(model, guide)
+    if method == "svd":  # the pruned weights are zero in the compact network (dead units removed besides)
+        kept = sum(r["kept"] for r in rows)
+        assert sum(int(m.weight.ne(0).sum()) for m in small.modules() if isinstance(m, nn.Linear)) == kept
+    else:  # units on the inputs of the two Linear layers: their in_features are what the summary keeps
+        linears = [m for m in small.modules() if isinstance(m, nn.Linear)]
+        assert [r["layers"] for r in rows] == [["0"], ["2"]]
+        assert [m.in_features for m in linears] == [r["kept"] for r in rows]

@@ -71,8 +71,15 @@ class UnitModule(PyroModule):
                 f"{type(self).__name__} expects inputs [B, {self.num_units}, ...], got {list(x.shape)}"
             )
 
+    #: the name of the posterior summary the keep rule thresholds (:meth:`statistic`)
+    statistic_name = "summary"
+
     def keep(self, q, threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior summary → ``(keep [K] bool, multiplier [K])`` from the guide distribution ``q`` (batch [K])."""
+        raise NotImplementedError
+
+    def statistic(self, q) -> torch.Tensor:
+        """The posterior summary ``[K]`` that :meth:`keep` compares with the threshold (units at or above it stay)."""
         raise NotImplementedError
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +109,7 @@ class SBPNoise(UnitModule):
 
     latent_site = "theta"
     default_threshold = 1.0
+    statistic_name = "SNR"
 
     def __init__(self, num_units: int, a: float = -20.0, b: float = 0.0, noise: str = "per-example"):
         super().__init__(num_units, noise)
@@ -122,6 +130,10 @@ class SBPNoise(UnitModule):
     def keep(self, q, threshold: float | None = None):
         threshold = self.default_threshold if threshold is None else threshold
         return q.snr() >= threshold, q.mean.detach()
+
+    def statistic(self, q) -> torch.Tensor:
+        """SNR of θ: ``E θ / sqrt(Var θ)`` per unit (Neklyudov et al. 2017, Sec. 4.2)."""
+        return q.snr().detach()
 
 
 def _kumaraswamy_mean(a_uc: float, b_uc: float = 0.5413) -> float:
@@ -153,6 +165,7 @@ class BBGate(UnitModule):
 
     latent_site = "pi"
     default_threshold = 1e-3
+    statistic_name = "E[π]"
 
     def __init__(self, num_units: int, alpha_over_k: float = 1e-4, temperature: float = 0.1,
                  init_keep: float | None = None, noise: str = "per-example"):
@@ -193,6 +206,10 @@ class BBGate(UnitModule):
         threshold = self.default_threshold if threshold is None else threshold
         mean = q.mean.detach()
         return mean >= threshold, mean
+
+    def statistic(self, q) -> torch.Tensor:
+        """E[π] under the Kumaraswamy posterior, per unit (Lee et al., Sec. 3.3: prune at E[π] < 1e-3)."""
+        return q.mean.detach()
 
 
 class Standardize(nn.Module):
