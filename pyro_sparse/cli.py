@@ -58,6 +58,17 @@ def _arch(text: str) -> str:
                                      "package.module:factory)")
 
 
+def _method(text: str) -> str:
+    """argparse type: a registered method (``dense``, ``svd``, …) or ``package.module:Name`` (a user's Method)."""
+    from pyro_sparse.models import method_names
+
+    module, sep, attr = text.partition(":")
+    if text in method_names() or (sep and module and attr):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(method_names())}, or "
+                                     "package.module:Name, a pyro_sparse.Method of yours)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pyro_sparse.models import ARCHS, method_names
 
@@ -71,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--method", required=True, choices=method_names())
+    t.add_argument("--method", required=True, type=_method, metavar="METHOD",
+                   help=f"{', '.join(method_names())}, or package.module:Name (a pyro_sparse.Method of yours; it is "
+                        "imported and registered)")
     t.add_argument("--arch", required=True, type=_arch, metavar="ARCH",
                    help=f"{', '.join(ARCHS)}, or package.module:factory (a function returning your own nn.Module)")
     t.add_argument("--dataset", required=True, choices=DATASETS)
@@ -155,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-layer KL scale for the SBP and BB stages (authors' LeNet-5: conv1=40 conv2=16)")
     r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
     r.add_argument("run_dir")
+    r.add_argument("--method", default=None, metavar="package.module:Name",
+                   help="the Method of a run trained with --method package.module:Name (it is imported)")
     e = sub.add_parser("evaluate", help="re-measure the test error of RUN_DIR's compact network")
     e.add_argument("run_dir")
     e.add_argument("--data-root", default=None)
@@ -202,18 +217,21 @@ def _launch(n: int, argv: list[str]) -> int:
 def cmd_train(a, argv: list[str], parser: argparse.ArgumentParser) -> int:
     from .infer.distributed import launched_size
     from .stage import STAGE_DEFAULTS, check_options, stage_options, train_stage
-    from .trust import import_factory
+    from .trust import import_factory, import_method
 
     options = {k: v for k, v in vars(a).items() if k in STAGE_DEFAULTS}
-    if a.devices > 1 and launched_size() == 1:  # start the processes, each runs this command
-        check_options(stage_options(options))
-        return _launch(a.devices, argv)
     given = _given(parser, argv)
+    # a user's method: imported (and registered) when the command line names it; on --resume only with --method
+    # given again, or --trust-code
+    method = import_method(a.method) if ":" in a.method and (not a.resume or "method" in given) else None
+    if a.devices > 1 and launched_size() == 1:  # start the processes, each runs this command
+        check_options(stage_options({**options, "method": method.name if method else a.method}))
+        return _launch(a.devices, argv)
     # a user's architecture: imported when the command line names it (the command line is the caller's); on --resume
     # (the name read from config.json) only with --arch given again, or --trust-code
     factory = import_factory(a.arch) if ":" in a.arch and (not a.resume or "arch" in given) else None
     try:
-        metrics = train_stage(options, given=given, factory=factory)
+        metrics = train_stage(options, given=given, factory=factory, method=method)
     except KeyboardInterrupt:
         return 130
     if metrics is not None:
@@ -282,9 +300,15 @@ def cmd_report(a, argv, parser) -> int:
     from .diagnostics import write_report
     from .runfiles import CONFIG, RunLock, read_config
     from .runs import load_run
+    from .trust import import_method
 
-    factory = _arch_factory(a, read_config(a.run_dir)["arch"], Path(a.run_dir) / CONFIG)
-    model, guide, _ = load_run(a.run_dir, factory=factory, trust_code=a.trust_code)
+    cfg = read_config(a.run_dir)
+    factory = _arch_factory(a, cfg["arch"], Path(a.run_dir) / CONFIG)
+    if a.method and a.method != cfg.get("method_source"):
+        _fail(f"--method {a.method} differs from the method source {cfg.get('method_source')!r} that "
+              f"{Path(a.run_dir) / CONFIG} records")
+    method = import_method(a.method) if a.method else None
+    model, guide, _ = load_run(a.run_dir, factory=factory, method=method, trust_code=a.trust_code)
     with RunLock(a.run_dir):
         paths = write_report(a.run_dir, model, guide)
     for path in paths:

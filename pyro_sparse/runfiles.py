@@ -99,7 +99,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         if not isinstance(cfg.get(key), kind):
             raise RunDirError(f"{path} lacks a valid {key!r} entry (expected a {kind.__name__}); the file is damaged")
     for key in ("method", "arch", "dataset"):
-        if key in cfg["args"] and cfg["args"][key] != cfg[key]:
+        if key in cfg["args"] and cfg["args"][key] != cfg[key] and not (
+                key == "method" and cfg["args"][key] == cfg.get("method_source")):
             raise RunDirError(f"{path}: {key!r} is {cfg[key]!r} but the recorded options say {cfg['args'][key]!r}; "
                               "the file is damaged or was edited")
     shape = cfg.get("input_shape", [])

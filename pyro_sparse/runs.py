@@ -10,18 +10,22 @@ from torch import nn
 
 from .errors import CheckpointError, RunDirError, one_line
 from .runfiles import CONFIG, load_checkpoint, read_config
-from .trust import recorded_network
+from .sparsify import METHODS
+from .trust import recorded_method, recorded_network
 
 #: the sparsify options that ``pyro-sparse train`` records in ``config.json`` (``net_kwargs``)
 RECORDED_OPTIONS = ("temperature", "noise", "include", "exclude")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], nn.Module] | None = None,
-             trust_code: bool = False):
+             method=None, trust_code: bool = False):
     """``(model, guide, config)`` of the run in ``run_dir`` with the weights of its last checkpoint.
 
     :param factory: builds the user's own architecture that ``config.json`` names (``package.module:factory``).
-    :param trust_code: import the factory that ``config.json`` names instead (only for files you trust).
+    :param method: the :class:`pyro_sparse.Method` of a run made with ``--method package.module:Name`` (its
+        ``method_source``), unless that method is registered already.
+    :param trust_code: import the factory (and method) that ``config.json`` names instead (only for files you
+        trust).
     :raises RunDirError: ``config.json`` missing, corrupted, of another version, or not describing a model.
     :raises UntrustedCodeError: a user's architecture without ``factory`` or ``trust_code``.
     :raises CheckpointError: missing or corrupted checkpoint, one of another run, or one that does not fit the
@@ -40,6 +44,11 @@ def load_run(run_dir: str | Path, device: str = "cpu", *, factory: Callable[[], 
     for key in ("include", "exclude"):  # layer-name globs, never anything callable
         if key in options and not (isinstance(options[key], list) and all(isinstance(g, str) for g in options[key])):
             raise RunDirError(f"{source}: 'net_kwargs.{key}' must be a list of layer-name globs; the file is damaged")
+    if "method_source" in cfg and (method is not None or cfg["method"] not in METHODS):
+        spec = recorded_method(cfg["method_source"], str(source), method, trust_code)
+        if spec.name != cfg["method"]:
+            raise RunDirError(f"{source} records the method {cfg['method']!r}; {cfg['method_source']} is named "
+                              f"{spec.name!r}")
     arch = cfg["arch"]
     builder = recorded_network({"name": arch, "kwargs": {}}, str(source), factory, trust_code) if ":" in arch else None
     try:

@@ -306,7 +306,7 @@ def command_line(a: Mapping) -> str:
 
 
 def train_stage(options: Mapping[str, object], *, given: Collection[str] | None = None,
-                factory: Callable[[], nn.Module] | None = None) -> dict | None:
+                factory: Callable[[], nn.Module] | None = None, method=None) -> dict | None:
     """Train one stage and write its run directory; returns the run's ``metrics.json`` content.
 
     :param options: the stage's options (:data:`STAGE_DEFAULTS`; ``method``, ``arch``, ``dataset``, ``out``
@@ -315,6 +315,10 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
         those that differ from the recorded run are refused.
     :param factory: builds the user's network when ``arch`` is ``package.module:factory`` (the CLI imports it from
         ``--arch``; on ``resume`` without it only ``trust_code`` imports the recorded name).
+    :param method: the :class:`pyro_sparse.Method` when ``options["method"]`` is ``package.module:Name`` (a method
+        defined outside the package; the CLI imports it from ``--method``); registered if it is not. On ``resume``
+        without it only ``trust_code`` imports the recorded name. ``config.json`` records the name as
+        ``method_source`` beside the method's own name.
     :returns: the metrics (``None`` on a data-parallel worker other than rank 0, which writes nothing).
     :raises InvalidInputError, RunDirError, DataError, UntrustedCodeError: bad options, a run directory that does
         not fit (already holds another run, finished, or is a file), data that cannot be read; nothing already in
@@ -328,7 +332,7 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
     from .models import build_model
     from .poutine import resolve_kl_scale
     from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
-    from .trust import recorded_network
+    from .trust import recorded_method, recorded_network
 
     given = set(options) if given is None else set(given)
     a = stage_options(options)
@@ -344,6 +348,11 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
             raise RunDirError(f"--resume: the run in {out} has already finished (metrics.json exists)")
     elif main_rank and not is_fresh(out):
         raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume to continue that run")
+    method_source = a.method if ":" in str(a.method) else None
+    if method_source:  # a method defined outside the package: the caller's object, or trust_code on resume
+        a = _Options({**a, "method": recorded_method(method_source, str(out / CONFIG), method, a.trust_code).name})
+    elif method is not None:
+        _fail("method= is the object of a --method package.module:Name; this stage names a registered method")
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
     check_options(a)
     cfg = train_config(a, epochs)
@@ -402,16 +411,21 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
             for tmp in out.glob("*.tmp"):  # leftovers of a process killed before its config.json
                 tmp.unlink()
             args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()}
+            if method_source:
+                args["method"] = method_source
             record = {
                 "format": CONFIG_FORMAT, "method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed,
                 "epochs": epochs, "subset": a.subset, "val_size": a.val_size,
                 "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None,
-                "command": command_line(a), "init_from": a.init_from, "data_root": data_root,
+                "command": command_line({**a, "method": method_source or a.method}), "init_from": a.init_from,
+                "data_root": data_root,
                 "input_shape": list(data.input_shape), "data_mean": data.mean, "data_std": data.std,
                 "config": vars(cfg), "net_kwargs": net_kwargs, "args": args, "commit": _commit(),
             }
             if arch_options:
                 record["arch_options"] = arch_options
+            if method_source:
+                record["method_source"] = method_source
             atomic_write_json(record, out / CONFIG)
         try:
             return fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,

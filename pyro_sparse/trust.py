@@ -40,6 +40,80 @@ def is_factory_name(name: object) -> bool:
     return not any(p.startswith("__") and p.endswith("__") for p in parts)
 
 
+def _import_attr(name: str, what: str):
+    """``package.module:attr`` imported (a dotted path inside the module allowed).
+
+    :raises InvalidInputError: a malformed name, a module that cannot be imported, or no such attribute."""
+    if not is_factory_name(name):
+        raise InvalidInputError(f"{what} {name!r}: expected package.module:name (dotted Python identifiers, no "
+                                "dunder names)")
+    module_name, _, attr = name.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise InvalidInputError(f"{what} {name!r}: cannot import it ({one_line(e)}); expected package.module:name "
+                                "importable from here") from None
+    return obj
+
+
+def import_method(name: str):
+    """Import the :class:`pyro_sparse.Method` that ``package.module:Name`` names (an instance, or a subclass built
+    with no arguments) and register it (:func:`pyro_sparse.register_method`). Call this only with a name the caller
+    gave (a command-line ``--method``, ``trust_code=True``), never with one read from a file on its own.
+
+    :raises InvalidInputError: a malformed or unimportable name, not a ``Method``, or another method registered under
+        the same name.
+    """
+    from .sparsify import Method
+
+    obj = _import_attr(name, "method")
+    if isinstance(obj, type) and issubclass(obj, Method):
+        obj = obj()
+    if not isinstance(obj, Method):
+        raise InvalidInputError(f"method {name!r} is a {type(obj).__name__}, expected a pyro_sparse.Method")
+    return use_method(obj)
+
+
+def use_method(method):
+    """Register the caller's ``method`` (a :class:`pyro_sparse.Method`) unless it is registered already; returns it.
+
+    :raises InvalidInputError: not a ``Method``, invalid fields, or another method registered under its name."""
+    from .sparsify import METHODS, Method, register_method
+
+    if not isinstance(method, Method):
+        raise InvalidInputError(f"method= must be a pyro_sparse.Method, got a {type(method).__name__}")
+    if METHODS.get(method.name) is method:
+        return method
+    if method.name in METHODS:
+        raise InvalidInputError(f"another method is registered as {method.name!r}; give yours another name")
+    try:
+        register_method(method)
+    except ValueError as e:
+        raise InvalidInputError(one_line(e)) from None
+    return method
+
+
+def recorded_method(source: object, file: str, method=None, trust_code: bool = False):
+    """The :class:`pyro_sparse.Method` a run recorded as ``source`` (``package.module:Name``, read from ``file``):
+    the caller's ``method``, or with ``trust_code`` the imported one; both are registered.
+
+    :raises RunDirError: ``source`` is not of that form.
+    :raises UntrustedCodeError: neither ``method`` nor ``trust_code``.
+    """
+    if not is_factory_name(source):
+        raise RunDirError(f"{file} names the method source {source!r}; expected package.module:Name")
+    if method is not None:
+        return use_method(method)
+    if trust_code:
+        return import_method(source)
+    raise UntrustedCodeError(
+        f"{file} names the method {source!r}, code that pyro-sparse does not import from a file: pass "
+        f"method=<that Method> (command line: --method {source}), or trust_code=True (--trust-code) if you trust "
+        "the file")
+
+
 def import_factory(name: str) -> Callable[[], nn.Module]:
     """Import ``package.module`` and return its attribute ``factory`` (a dotted path inside the module is allowed).
 
@@ -52,14 +126,11 @@ def import_factory(name: str) -> Callable[[], nn.Module]:
     if not is_factory_name(name):
         raise InvalidInputError(f"arch {name!r}: expected package.module:factory (dotted Python identifiers, no "
                                 "dunder names)")
-    module_name, _, attr = name.partition(":")
     try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise InvalidInputError(f"arch {name!r}: cannot import the factory ({one_line(e)}); expected "
-                                "package.module:callable importable from here") from None
+        obj = _import_attr(name, "arch")
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{one_line(e)} (the factory)") from None
+    attr = name.partition(":")[2]
     if not callable(obj):
         raise InvalidInputError(f"arch {name!r}: {attr} is a {type(obj).__name__}, expected a callable returning an "
                                 "nn.Module")

@@ -73,10 +73,10 @@ def test_summary_says_what_the_keep_rule_decides(method):
     """``model.summary(guide)``: the statistic per site, the threshold in effect and the keep mask; moving the
     threshold with ``set_thresholds`` moves the mask, and ``compact`` removes exactly what the summary says."""
     import torch
+    from pyro_sparse.guides import MeanFieldGuide
     from torch import nn
 
     from pyro_sparse import compact, sparsify
-    from pyro_sparse.guides import MeanFieldGuide
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
@@ -105,3 +105,105 @@ def test_summary_says_what_the_keep_rule_decides(method):
         linears = [m for m in small.modules() if isinstance(m, nn.Linear)]
         assert [r["layers"] for r in rows] == [["0"], ["2"]]
         assert [m.in_features for m in linears] == [r["kept"] for r in rows]
+
+
+GAUSS_GATE = '''
+"""A fifth method, defined outside pyro-sparse: a Gaussian multiplicative gate per unit, prior Normal(1, 1), the
+Normal guide family and torch's Normal-Normal KL; prune units whose posterior |mean| / std is below the threshold."""
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroSample
+
+from pyro_sparse import Method
+from pyro_sparse.nn import UnitModule
+
+
+class GaussGate(UnitModule):
+    latent_site = "z"
+    default_threshold = 1.0
+    statistic_name = "|mean|/std"
+
+    def __init__(self, num_units, noise="per-example"):
+        super().__init__(num_units, noise)
+        self.register_buffer("one", torch.ones(num_units))
+        self.z = PyroSample(lambda self: self.cached_prior("z", lambda: dist.Normal(self.one, 1.0).to_event(1),
+                                                           self.one))
+
+    def multiplier(self, x):
+        return self.draw(self.z, x.shape[0])
+
+    def statistic(self, q):
+        return (q.mean.abs() / q.stddev).detach()
+
+    def keep(self, q, threshold=None):
+        threshold = self.default_threshold if threshold is None else threshold
+        return self.statistic(q) >= threshold, q.mean.detach()
+
+
+GAUSS = Method("gauss", "units", unit=GaussGate, training={"lr_schedule": "linear", "lr_latent": 1e-2})
+'''
+
+
+@pytest.fixture
+def user_method(tmp_path, monkeypatch):
+    (tmp_path / "my_gate.py").write_text(GAUSS_GATE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_gate:GAUSS"
+    METHODS.pop("gauss", None)
+    import sys
+
+    sys.modules.pop("my_gate", None)
+
+
+def test_a_method_defined_outside_the_package_works_everywhere(user_method, tmp_path, capsys):
+    import pyro
+    import torch
+    from pyro.infer import SVI, Predictive, Trace_ELBO
+    from pyro_sparse.guides import MeanFieldGuide
+    from torch import nn
+
+    from pyro_sparse import compact, load_compact, save_compact, sparsify
+    from pyro_sparse.diagnostics import to_inference_data
+    from pyro_sparse.errors import UntrustedCodeError
+    from pyro_sparse.runs import load_run
+    from pyro_sparse.trust import import_method
+
+    gauss = import_method(user_method)  # as the CLI does for --method my_gate:GAUSS
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    model = sparsify(net, "gauss", x, num_data=16)
+    guide = MeanFieldGuide(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    logits = Predictive(model, guide=guide, num_samples=4, return_sites=("_RETURN",))(x)["_RETURN"]
+    assert logits.shape == (4, 16, 10)
+    model.set_thresholds(unit=float(model.summary(guide)[0]["values"].median()))
+    small = compact(model, guide)
+    save_compact(small, tmp_path / "small")
+    assert torch.allclose(load_compact(tmp_path / "small", factory=lambda: net)(x), small(x), atol=1e-5)
+    idata = to_inference_data(model, guide, x, y, num_samples=5)
+    assert any(k.endswith(".z") for k in idata.posterior.data_vars)
+    # the engine and the command line: --method package.module:Name, recorded as the method's source
+    common = ["--arch", "logreg", "--dataset", "digits", "--epochs", "1", "--quiet", "--no-latency"]
+    run = tmp_path / "run"
+    assert main(["train", "--method", user_method, *common, "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["method"], cfg["method_source"], cfg["args"]["method"]) == ("gauss", user_method, user_method)
+    assert (cfg["config"]["lr_schedule"], cfg["config"]["lr_latent"]) == ("linear", 1e-2)
+    assert "--method my_gate:GAUSS" in cfg["command"]
+    assert main(["evaluate", str(run)]) == 0  # the compact network is plain modules: no method needed
+    # reading the run back: the same trust rule as a user's --arch
+    METHODS.pop("gauss")
+    with pytest.raises(UntrustedCodeError, match="names the method 'my_gate:GAUSS'"):
+        load_run(run)
+    model, guide, _ = load_run(run, method=gauss)
+    assert model.spec is gauss
+    METHODS.pop("gauss")
+    assert load_run(run, trust_code=True)[0].method == "gauss"
+    METHODS.pop("gauss")
+    with pytest.raises(SystemExit):
+        main(["report", str(run), "--method", "my_gate:OTHER"])
+    assert "differs from the method source 'my_gate:GAUSS'" in capsys.readouterr().err
+    assert main(["report", str(run), "--method", user_method]) == 0
+    capsys.readouterr()
