@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_sparse.infer.hostreads import count_host_reads
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test tooling, not the library's
+from hostreads import count_host_reads  # noqa: E402
 
 
 def per_step(method: str, arch: str) -> dict[str, float]:

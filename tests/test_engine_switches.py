@@ -6,6 +6,7 @@ import json
 import pyro
 import pytest
 import torch
+from hostreads import count_host_reads
 from pyro.nn import PyroModule
 from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import build_model
@@ -14,7 +15,6 @@ from pyro_sparse.cli import main
 from pyro_sparse.data import Dataset, augment, load_dataset, subset
 from pyro_sparse.errors import InvalidInputError
 from pyro_sparse.infer import SparseELBO, TrainConfig, fit
-from pyro_sparse.infer.hostreads import count_host_reads
 
 
 def _images(n=60, shape=(3, 8, 8)) -> Dataset:

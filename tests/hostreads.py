@@ -1,7 +1,6 @@
 """Count host reads: tensor-to-Python conversions, each a host-device synchronisation for a GPU tensor.
 
-Used by the test that keeps training steps free of them (``tests/test_sync_free.py``) and by
-``benchmarks/syncs.py``.
+Test tooling (not part of the library): used by ``tests/test_engine_switches.py`` and ``benchmarks/syncs.py``.
 """
 
 from __future__ import annotations
