@@ -324,19 +324,47 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
         not fit (already holds another run, finished, or is a file), data that cannot be read; nothing already in
         ``out`` is lost. ``KeyboardInterrupt`` leaves every finished epoch in ``out`` (continue with ``resume``).
     """
-    import pyro
-
-    from .data import load_dataset, resolve_root, split_validation, subset
-    from .guides import MeanFieldGuide
     from .infer import fit
-    from .models import build_model
-    from .poutine import resolve_kl_scale
-    from .runfiles import CONFIG, CONFIG_FORMAT, METRICS, RunLock, atomic_write_json, is_fresh, read_config
-    from .trust import recorded_method, recorded_network
+    from .runfiles import RunLock
 
-    given = set(options) if given is None else set(given)
-    a = stage_options(options)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 checks and writes RUN_DIR; the others only read it
+    a, method_source = _open_run(stage_options(options), set(options) if given is None else set(given), method)
+    out = Path(a.out)
+    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
+    check_options(a)
+    cfg = train_config(a, epochs)
+    cfg.validate(flag_prefix="--")
+    data = _stage_data(a)
+    model, guide, net_kwargs = _stage_model(a, data, cfg, factory)
+    if not _main_rank():  # fit() reads the checkpoint on resume, writes nothing, returns rank 0's metrics
+        fit(model, guide, data, cfg, out, resume=a.resume, progress=False, meta={})
+        return None
+    with RunLock(out) as lock:  # one writer from here on
+        if lock.stale_pid is not None:
+            print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
+                  "taken over", file=sys.stderr)
+        if not a.resume:
+            _write_config(a, method_source, epochs, cfg, data, net_kwargs)
+        try:
+            return fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
+                       meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
+        except KeyboardInterrupt:
+            print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume",
+                  file=sys.stderr)
+            raise
+
+
+def _main_rank() -> bool:
+    """Rank 0 checks and writes the run directory; the other data-parallel ranks only read it."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _open_run(a: _Options, given: set[str], method) -> tuple[_Options, str | None]:
+    """Check ``out`` for a new run or a resume (then the recorded options), and resolve a user's method; returns the
+    options with the method's registered name and its ``package.module:Name`` source (or ``None``)."""
+    from .runfiles import CONFIG, METRICS, is_fresh, read_config
+    from .trust import recorded_method
+
+    main_rank = _main_rank()
     out = Path(a.out)
     if main_rank and out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; expected a run directory (a new or existing folder)")
@@ -353,13 +381,14 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
         a = _Options({**a, "method": recorded_method(method_source, str(out / CONFIG), method, a.trust_code).name})
     elif method is not None:
         _fail("method= is the object of a --method package.module:Name; this stage names a registered method")
-    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.dataset]
-    check_options(a)
-    cfg = train_config(a, epochs)
-    cfg.validate(flag_prefix="--")
-    arch_options = parse_arch_options(a.arch_option)
-    data_root = resolve_root(a.dataset, a.data_root)
-    data = load_dataset(a.dataset, data_root)
+    return a, method_source
+
+
+def _stage_data(a: _Options):
+    """The stage's data set: ``subset`` first, then the validation split."""
+    from .data import load_dataset, resolve_root, split_validation, subset
+
+    data = load_dataset(a.dataset, resolve_root(a.dataset, a.data_root))
     if a.subset is not None:  # quick runs: the first N training examples (the test set stays whole)
         data = subset(data, a.subset)
     if a.val_size is not None:
@@ -367,25 +396,38 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
             data = split_validation(data, a.val_size)
         except ValueError as e:
             _fail(f"--val-size: {e}")
+    return data
+
+
+def _stage_model(a: _Options, data, cfg, factory):
+    """``(model, guide, net_kwargs)``: the seeded model, its guide, the run it continues (``init_from``, with the
+    method's freezing rule) and the checked KL scale."""
+    import pyro
+
+    from .guides import MeanFieldGuide
+    from .models import build_model
+    from .poutine import resolve_kl_scale
+    from .runfiles import CONFIG, read_config
+    from .sparsify import METHODS
+    from .trust import recorded_network
+
     # a user's architecture: built by the caller's factory; on resume (name read from config.json) without one only
     # with trust_code
     builder = None
     if ":" in a.arch:
-        builder = recorded_network({"name": a.arch, "kwargs": {}}, str(out / CONFIG), factory, a.trust_code)
+        builder = recorded_network({"name": a.arch, "kwargs": {}}, str(Path(a.out) / CONFIG), factory, a.trust_code)
     pyro.set_rng_seed(a.seed)  # the initial weights depend on the seed too
     net_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k in ("temperature", "noise", "include", "exclude")
                   if (v := a[k]) is not None}
     try:
         model = build_model(a.arch, a.method, data.input_shape, data.num_classes, data.x_train.shape[0],
-                            data.mean, data.std, factory=builder, arch_options=arch_options, **net_kwargs)
+                            data.mean, data.std, factory=builder, arch_options=parse_arch_options(a.arch_option),
+                            **net_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
     init_guide = _init_from(a, model, data) if a.init_from else {}
     guide = MeanFieldGuide(model)
     if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
-        from .runfiles import read_config
-        from .sparsify import METHODS
-
         own = guide.state_dict()
         shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
         guide.load_state_dict(shared, strict=False)
@@ -398,42 +440,37 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
         resolve_kl_scale(guide.site_names, cfg.kl_scale)
     except ValueError as e:
         _fail(f"--kl-scale: {e}")
-    if not main_rank:  # fit() reads the checkpoint on resume, writes nothing, returns rank 0's metrics
-        fit(model, guide, data, cfg, out, resume=a.resume, progress=False, meta={})
-        return None
-    with RunLock(out) as lock:  # one writer from here on
-        if lock.stale_pid is not None:
-            print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
-                  "taken over", file=sys.stderr)
-        if not a.resume:
-            if not is_fresh(out):  # another process started it meanwhile
-                raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume")
-            for tmp in out.glob("*.tmp"):  # leftovers of a process killed before its config.json
-                tmp.unlink()
-            args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()}
-            if method_source:
-                args["method"] = method_source
-            record = {
-                "format": CONFIG_FORMAT, "method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed,
-                "epochs": epochs, "subset": a.subset, "val_size": a.val_size,
-                "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None,
-                "command": command_line({**a, "method": method_source or a.method}), "init_from": a.init_from,
-                "data_root": data_root,
-                "input_shape": list(data.input_shape), "data_mean": data.mean, "data_std": data.std,
-                "config": vars(cfg), "net_kwargs": net_kwargs, "args": args, "commit": _commit(),
-            }
-            if arch_options:
-                record["arch_options"] = arch_options
-            if method_source:
-                record["method_source"] = method_source
-            atomic_write_json(record, out / CONFIG)
-        try:
-            return fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
-                       meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
-        except KeyboardInterrupt:
-            print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume",
-                  file=sys.stderr)
-            raise
+    return model, guide, net_kwargs
+
+
+def _write_config(a: _Options, method_source: str | None, epochs: int, cfg, data, net_kwargs: dict) -> None:
+    """``config.json`` of a new run (under the run's lock): everything that rebuilds and reproduces it."""
+    from .data import resolve_root
+    from .runfiles import CONFIG, CONFIG_FORMAT, atomic_write_json, is_fresh
+
+    out = Path(a.out)
+    if not is_fresh(out):  # another process started it meanwhile
+        raise RunDirError(f"{out} already holds files; choose a new --out or pass --resume")
+    for tmp in out.glob("*.tmp"):  # leftovers of a process killed before its config.json
+        tmp.unlink()
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()}
+    if method_source:
+        args["method"] = method_source
+    record = {
+        "format": CONFIG_FORMAT, "method": a.method, "arch": a.arch, "dataset": a.dataset, "seed": a.seed,
+        "epochs": epochs, "subset": a.subset, "val_size": a.val_size,
+        "train_clip_from": cfg.train_clip_from, "kl_scale": cfg.kl_scale or None,
+        "command": command_line({**a, "method": method_source or a.method}), "init_from": a.init_from,
+        "data_root": resolve_root(a.dataset, a.data_root),
+        "input_shape": list(data.input_shape), "data_mean": data.mean, "data_std": data.std,
+        "config": vars(cfg), "net_kwargs": net_kwargs, "args": args, "commit": _commit(),
+    }
+    arch_options = parse_arch_options(a.arch_option)
+    if arch_options:
+        record["arch_options"] = arch_options
+    if method_source:
+        record["method_source"] = method_source
+    atomic_write_json(record, out / CONFIG)
 
 
 def _commit() -> str | None:

@@ -394,127 +394,22 @@ def _shape(t) -> str:
 
 def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
          meta: dict | None, callback, world: distributed.World) -> dict:
-    prepare_module_local(model, guide)
-    if isinstance(model, SparseModel):  # (reads the guide's posteriors: after the parameter mode is prepared)
-        check_guide(model, guide)
-    guide_fn = guide
-    if cfg.kl_scale:
-        if hasattr(guide, "site_names"):
-            try:
-                resolve_kl_scale(guide.site_names, cfg.kl_scale)
-            except ValueError as e:
-                raise InvalidInputError(str(e)) from None
-        guide_fn = kl_scale(guide, cfg.kl_scale)
-    device = distributed.device_of(cfg.device, world)
-    model.to(device)
-    guide.to(device)
-    model.num_data = data.x_train.shape[0]
-    opt = make_optimizer(model, guide, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
-    elbo = SparseELBO()
-    objective = Objective(model, guide, elbo, guide_fn)
-    if world.size > 1:
-        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    device, opt, sched, elbo, objective = _setup(model, guide, data, cfg, world)
     writes = run_dir if world.main else None  # rank 0 alone writes the run directory
     # the checkpoints and the compact network name the config.json they were written under
     config_sha256 = config_digest(run_dir) if writes is not None else None
-    start, train_seconds, last_good = 0, 0.0, 0
-    record: dict = {}
-    if resume and (run_dir / CHECKPOINT).is_file():
-        ckpt = load_checkpoint(run_dir)
-        try:
-            model.load_state_dict(ckpt["model"])
-            guide.load_state_dict(ckpt["guide"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model ({first})") from None
-        start, train_seconds = ckpt["epoch"] + 1, float(ckpt.get("train_seconds", 0.0))
-        last_good = start
-        if world.main:
-            kept = recover_run_dir(run_dir, ckpt["epoch"])
-            record = kept[-1] if kept and kept[-1]["epoch"] == start else {}
-    elif resume and world.main:  # killed (or diverged) before the first checkpoint: nothing was trained yet
-        recover_run_dir(run_dir, -1)
+    start, train_seconds, record = _resume(model, guide, opt, sched, run_dir, resume, world)
+    last_good = start
     x, y = data.x_train.to(device), data.y_train.to(device)
-    n = x.shape[0]
-    # every global batch has at least one example per process (a last one with fewer is left out on many processes)
-    batches = range(0, n - (n % cfg.batch_size if n % cfg.batch_size < world.size else 0), cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        seed = cfg.seed * 100003 + epoch
-        torch.manual_seed(seed * world.size + world.rank)  # each rank its own noise; one process: the epoch's seed
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)  # the same on every rank
-        elbo.kl_weight = cfg.kl_weight(epoch)
-        if cfg.train_clip_from is not None:
-            set_train_clip(model, model.weight_threshold() if epoch >= cfg.train_clip_from else None)
-        model.train()
-        guide.train()
-        # the epoch's totals stay on the device; the host reads them every progress_every steps (progress bar)
-        # and once at the end of the epoch, never inside a step
-        tot_loss = torch.zeros((), dtype=torch.float64, device=device)
-        tot_nll = torch.zeros((), dtype=torch.float64, device=device)
-        wrong = torch.zeros((), dtype=torch.long, device=device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
-        bad_loss = torch.zeros((), dtype=torch.float64, device=device)
-        steps = 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True, mininterval=1.0)
-        for i in bar:
-            idx, weight = distributed.shard(perm[i:i + cfg.batch_size], world)
-            xb, yb = x[idx], y[idx]
-            if cfg.augment is not None:
-                xb = augment(xb, cfg.augment)
-            opt.zero_grad(set_to_none=True)
-            loss = objective(xb, yb, weight)
-            loss.backward()
-            opt.step()
-            steps += 1
-            value = loss.detach().double()
-            newly = (first_bad < 0) & ~torch.isfinite(value)
-            first_bad = torch.where(newly, steps, first_bad)
-            bad_loss = torch.where(newly, value, bad_loss)
-            tot_loss += value / n
-            tot_nll += elbo.nll.double() / n
-            wrong += (elbo.last_return.argmax(-1) != yb).sum()
-            if progress and steps % cfg.progress_every == 0:
-                _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
-                seen = min(n, steps * cfg.batch_size)
-                bar.set_postfix(loss=f"{float(tot_loss) / steps:.4f}", err=f"{100 * int(wrong) / seen:.2f}%")
-        sched.step()
-        # the ranks' totals: loss and NLL averaged (each rank's is an estimate of the global batch's), errors summed
-        distributed.all_sum(tot_loss, tot_nll, wrong, bad_loss, world=world)
-        distributed.first_over_ranks(first_bad, world)
-        tot_loss, tot_nll = tot_loss / world.size, tot_nll / world.size
-        _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
-        params = [*model.named_parameters(), *guide.named_parameters()]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
-            bad = next(name for name, p in params if not torch.isfinite(p).all())
-            _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
-        tot_loss, tot_nll, wrong = float(tot_loss), float(tot_nll), int(wrong)
+        totals = _train_epoch(model, guide, opt, sched, elbo, objective, x, y, epoch, cfg, progress, run_dir,
+                              last_good, world)
         train_seconds += time.perf_counter() - t0
         last_good = epoch + 1
         if not world.main:  # compaction, metrics and files are rank 0's
             continue
-        small = compact(model, guide)  # the keep rules' thresholds: the model's (set from cfg in _check_fit_args)
-        cost = network_cost(small, example_input(model))
-        record = {
-            "epoch": epoch + 1,
-            "loss": tot_loss / steps,
-            "nll": tot_nll / steps,
-            "kl": float(elbo.kl),
-            "kl_weight": elbo.kl_weight,
-            "lr": opt.param_groups[0]["lr"],
-            "train_error": 100.0 * wrong / n,
-            "test_error": classification_error(small, data.x_test, data.y_test),
-            **extra_test_errors(small, data),
-            **({} if data.x_val is None else {"val_error": classification_error(small, data.x_val, data.y_val)}),
-            "units": [int(u) for u in cost["units"]],
-            "nonzero_weights": sum(nz for _, nz in cost["layers"]),
-            "train_seconds": train_seconds,
-            "epoch_seconds": time.perf_counter() - t0,
-        }
+        record = _epoch_record(model, guide, data, elbo, opt, epoch, totals, train_seconds, t0)
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1:4d}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  kl {record['kl']:.1f}  "
@@ -536,6 +431,141 @@ def _fit(model, guide, data: Dataset, cfg: TrainConfig, run_dir: Path | None, re
     distributed.barrier(world)  # the other ranks wait for rank 0's last checkpoint
     metrics = finalize(model, guide, data, cfg, writes, train_seconds, meta, record) if world.main else None
     return distributed.broadcast(metrics, world)
+
+
+def _setup(model, guide, data: Dataset, cfg: TrainConfig, world: distributed.World):
+    """``(device, optimizer, scheduler, elbo, objective)``: the parameter mode, the KL scale, the device and DDP."""
+    prepare_module_local(model, guide)
+    if isinstance(model, SparseModel):  # (reads the guide's posteriors: after the parameter mode is prepared)
+        check_guide(model, guide)
+    guide_fn = guide
+    if cfg.kl_scale:
+        if hasattr(guide, "site_names"):
+            try:
+                resolve_kl_scale(guide.site_names, cfg.kl_scale)
+            except ValueError as e:
+                raise InvalidInputError(str(e)) from None
+        guide_fn = kl_scale(guide, cfg.kl_scale)
+    device = distributed.device_of(cfg.device, world)
+    model.to(device)
+    guide.to(device)
+    model.num_data = data.x_train.shape[0]
+    opt = make_optimizer(model, guide, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    elbo = SparseELBO()
+    objective = Objective(model, guide, elbo, guide_fn)
+    if world.size > 1:
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    return device, opt, sched, elbo, objective
+
+
+def _resume(model, guide, opt, sched, run_dir: Path | None, resume: bool, world: distributed.World):
+    """``(first epoch, train seconds so far, last log record)``: the checkpoint's state loaded on ``resume``, and the
+    run directory trimmed to it (rank 0)."""
+    start, train_seconds, record = 0, 0.0, {}
+    if resume and (run_dir / CHECKPOINT).is_file():
+        ckpt = load_checkpoint(run_dir)
+        try:
+            model.load_state_dict(ckpt["model"])
+            guide.load_state_dict(ckpt["guide"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model ({first})") from None
+        start, train_seconds = ckpt["epoch"] + 1, float(ckpt.get("train_seconds", 0.0))
+        if world.main:
+            kept = recover_run_dir(run_dir, ckpt["epoch"])
+            record = kept[-1] if kept and kept[-1]["epoch"] == start else {}
+    elif resume and world.main:  # killed (or diverged) before the first checkpoint: nothing was trained yet
+        recover_run_dir(run_dir, -1)
+    return start, train_seconds, record
+
+
+def _train_epoch(model, guide, opt, sched, elbo, objective, x, y, epoch: int, cfg: TrainConfig, progress: bool,
+                 run_dir, last_good: int, world: distributed.World) -> tuple[float, float, int, int]:
+    """One epoch of steps; returns ``(summed loss / N, summed NLL / N, wrong predictions, steps)`` over the ranks.
+
+    No step reads anything back to the host: the totals stay on the device and are read every ``progress_every``
+    steps (progress bar) and once at the end. :raises TrainingDivergedError: a non-finite loss or parameter."""
+    device = x.device
+    n = x.shape[0]
+    # every global batch has at least one example per process (a last one with fewer is left out on many processes)
+    batches = range(0, n - (n % cfg.batch_size if n % cfg.batch_size < world.size else 0), cfg.batch_size)
+    seed = cfg.seed * 100003 + epoch
+    torch.manual_seed(seed * world.size + world.rank)  # each rank its own noise; one process: the epoch's seed
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)  # the same on every rank
+    elbo.kl_weight = cfg.kl_weight(epoch)
+    if cfg.train_clip_from is not None:
+        set_train_clip(model, model.weight_threshold() if epoch >= cfg.train_clip_from else None)
+    model.train()
+    guide.train()
+    tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+    tot_nll = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.long, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=None if progress else True, mininterval=1.0)
+    for i in bar:
+        idx, weight = distributed.shard(perm[i:i + cfg.batch_size], world)
+        xb, yb = x[idx], y[idx]
+        if cfg.augment is not None:
+            xb = augment(xb, cfg.augment)
+        opt.zero_grad(set_to_none=True)
+        loss = objective(xb, yb, weight)
+        loss.backward()
+        opt.step()
+        steps += 1
+        value = loss.detach().double()
+        newly = (first_bad < 0) & ~torch.isfinite(value)
+        first_bad = torch.where(newly, steps, first_bad)
+        bad_loss = torch.where(newly, value, bad_loss)
+        tot_loss += value / n
+        tot_nll += elbo.nll.double() / n
+        wrong += (elbo.last_return.argmax(-1) != yb).sum()
+        if progress and steps % cfg.progress_every == 0:
+            _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
+            seen = min(n, steps * cfg.batch_size)
+            bar.set_postfix(loss=f"{float(tot_loss) / steps:.4f}", err=f"{100 * int(wrong) / seen:.2f}%")
+    sched.step()
+    # the ranks' totals: loss and NLL averaged (each rank's is an estimate of the global batch's), errors summed
+    distributed.all_sum(tot_loss, tot_nll, wrong, bad_loss, world=world)
+    distributed.first_over_ranks(first_bad, world)
+    tot_loss, tot_nll = tot_loss / world.size, tot_nll / world.size
+    _check_finite(first_bad, bad_loss, epoch, run_dir, last_good)
+    params = [*model.named_parameters(), *guide.named_parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+        bad = next(name for name, p in params if not torch.isfinite(p).all())
+        _diverged(run_dir, last_good, f"in epoch {epoch + 1}: parameter {bad!r} is no longer finite")
+    return float(tot_loss), float(tot_nll), int(wrong), steps
+
+
+def _epoch_record(model, guide, data: Dataset, elbo, opt, epoch: int, totals, train_seconds: float,
+                  t0: float) -> dict:
+    """The epoch's ``log.jsonl`` line: losses, errors of the compact network (test, extra tests, validation), units,
+    non-zero weights, times."""
+    tot_loss, tot_nll, wrong, steps = totals
+    n = data.x_train.shape[0]
+    small = compact(model, guide)  # the keep rules' thresholds: the model's (set from cfg in _check_fit_args)
+    cost = network_cost(small, example_input(model))
+    return {
+        "epoch": epoch + 1,
+        "loss": tot_loss / steps,
+        "nll": tot_nll / steps,
+        "kl": float(elbo.kl),
+        "kl_weight": elbo.kl_weight,
+        "lr": opt.param_groups[0]["lr"],
+        "train_error": 100.0 * wrong / n,
+        "test_error": classification_error(small, data.x_test, data.y_test),
+        **extra_test_errors(small, data),
+        **({} if data.x_val is None else {"val_error": classification_error(small, data.x_val, data.y_val)}),
+        "units": [int(u) for u in cost["units"]],
+        "nonzero_weights": sum(nz for _, nz in cost["layers"]),
+        "train_seconds": train_seconds,
+        "epoch_seconds": time.perf_counter() - t0,
+    }
 
 
 def example_input(model) -> torch.Tensor:
