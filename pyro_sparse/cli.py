@@ -70,16 +70,22 @@ def _method(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyro_sparse.models import ARCHS, method_names
-
-    from .data import DATASETS
-    from .reproduce import TABLES
-    from .stage import STAGE_DEFAULTS
-
     p = _Parser(prog="pyro-sparse", description="Bayesian sparsification of neural networks in Pyro.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    _train_parser(sub)
+    _reproduce_parser(sub)
+    _run_dir_parsers(sub)
+    return p
+
+
+def _train_parser(sub) -> None:
+    from pyro_sparse.models import ARCHS, method_names
+
+    from .data import DATASETS
+    from .stage import STAGE_DEFAULTS
+
     t = sub.add_parser("train", help="train a model (dense or sparsifying) and write RUN_DIR", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--method", required=True, type=_method, metavar="METHOD",
@@ -133,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out with its recorded options (an option given with "
                    "another value than recorded is refused)")
     t.add_argument("--trust-code", action="store_true", help="--resume: " + TRUST_HELP)
+    _engine_options(t)
+    t.set_defaults(**{k: v for k, v in STAGE_DEFAULTS.items() if v is not None})
+
+
+def _engine_options(t) -> None:
+    """``train``'s options of where and how it runs (devices, precision, output), not what it computes."""
     t.add_argument("--device", help="cpu or cuda")
     t.add_argument("--devices", type=int, metavar="N",
                    help="data-parallel on N processes (torchrun's launcher; gloo on cpu, nccl with one GPU each on "
@@ -146,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.add_argument("--progress-every", type=int, metavar="K",
                    help="steps between progress-bar updates (each reads the running totals back from the device)")
-    t.set_defaults(**{k: v for k, v in STAGE_DEFAULTS.items() if v is not None})
+
+
+def _reproduce_parser(sub) -> None:
+    from .reproduce import TABLES
+
     rp = sub.add_parser("reproduce", help="the papers' comparison table for one architecture (all methods)")
     rp.add_argument("--arch", required=True, choices=tuple(TABLES),
                     help="lenet300 / lenet500 / lenet5 (MNIST), vgg_like (CIFAR-10, the beta-Bernoulli paper's "
@@ -166,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-peer", action="store_true", help="leave out the pytorch-ard peer")
     rp.add_argument("--kl-scale", action="extend", nargs="+", default=None, metavar="LAYER=S",
                     help="per-layer KL scale for the SBP and BB stages (authors' LeNet-5: conv1=40 conv2=16)")
+
+
+def _run_dir_parsers(sub) -> None:
     r = sub.add_parser("report", help="write the diagnostic plots of RUN_DIR to RUN_DIR/report/")
     r.add_argument("run_dir")
     r.add_argument("--method", default=None, metavar="package.module:Name",
@@ -178,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--arch", type=_arch, default=None, metavar="ARCH",
                        help="package.module:factory of the user's architecture the run records (it is imported)")
         q.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
-    return p
 
 
 def _check_device(device: str) -> None:

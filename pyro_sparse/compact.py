@@ -113,28 +113,9 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         model has no rule for, a probe of the wrong shape or dtype, a negative tolerance.
     :raises CompactMismatchError: the compact network differs from the eval-mode model on the probe batch.
     """
-    if not isinstance(model, Classifier):
-        raise InvalidInputError(f"compact takes a pyro_sparse model (made by sparsify or build_model), got a "
-                                f"{type(model).__name__}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise InvalidInputError(f"compact: {name} must be a finite number >= 0, got {v!r}")
-    if probe is not None:
-        shape = list(getattr(model, "input_shape", ()))
-        if not torch.is_tensor(probe) or probe.dim() != len(shape) + 1 or list(probe.shape[1:]) != shape \
-                or probe.shape[0] < 1 or not probe.is_floating_point():
-            got = f"{probe.dtype} {list(probe.shape)}" if torch.is_tensor(probe) else type(probe).__name__
-            raise InvalidInputError(f"compact: probe must be a float batch [B, {', '.join(map(str, shape))}], got "
-                                    f"{got}")
+    _check_compact_args(model, probe, rtol, atol)
     if not isinstance(model, SparseModel):  # a model without latents (the dense baseline): its network as it is
-        if weight_threshold is not None or unit_threshold is not None:
-            raise InvalidInputError("compact: a dense model has no keep rule; weight_threshold and unit_threshold "
-                                    "apply to sparsified models")
-        net = full_network(model)
-        setattr(net, INFO_ATTR, {"format": COMPACT_FORMAT, "method": "dense", "input_shape": list(model.input_shape),
-                                 "units": {}, "units_full": {}, "history": [], "selects": {}, "gates": {},
-                                 "factory": getattr(model.net, nets.FACTORY_ATTR, None)})
-        return net
+        return _dense_compact(model, weight_threshold, unit_threshold)
     guide = guide or model.guide
     if guide is None:
         raise InvalidInputError("compact needs the trained guide: compact(model, guide)")
@@ -149,6 +130,55 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         layer = net.get_submodule(module)
         del layer.weight  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
         layer.weight = nn.Parameter(w.clone())
+    prune_root, dynamic, kept_units = _fold_units(model, guide, net, unit_threshold)
+    dg = dependency_graph(net, example)
+    alive, grouped_inputs = _prune_channels(net, dg, example, prune_root)
+    selects = _select_inputs(net, grouped_inputs, alive)
+    gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device)
+    net.eval()
+    info = {
+        "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
+        "units": kept_units, "units_full": {key: model.units[key].num_units for key in model.placements},
+        "history": [[n, bool(o), list(map(int, i))] for n, o, i in dg.pruning_history()],
+        "selects": selects, "gates": gates,
+        "factory": getattr(model.net, nets.FACTORY_ATTR, None),
+    }
+    setattr(net, INFO_ATTR, info)
+    _check(net, model, example if probe is None else probe, rtol, atol)
+    return net
+
+
+def _check_compact_args(model, probe, rtol, atol) -> None:
+    if not isinstance(model, Classifier):
+        raise InvalidInputError(f"compact takes a pyro_sparse model (made by sparsify or build_model), got a "
+                                f"{type(model).__name__}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InvalidInputError(f"compact: {name} must be a finite number >= 0, got {v!r}")
+    if probe is not None:
+        shape = list(getattr(model, "input_shape", ()))
+        if not torch.is_tensor(probe) or probe.dim() != len(shape) + 1 or list(probe.shape[1:]) != shape \
+                or probe.shape[0] < 1 or not probe.is_floating_point():
+            got = f"{probe.dtype} {list(probe.shape)}" if torch.is_tensor(probe) else type(probe).__name__
+            raise InvalidInputError(f"compact: probe must be a float batch [B, {', '.join(map(str, shape))}], got "
+                                    f"{got}")
+
+
+def _dense_compact(model, weight_threshold, unit_threshold) -> nn.Module:
+    """The network of a model without latents, as it is (with the compact description)."""
+    if weight_threshold is not None or unit_threshold is not None:
+        raise InvalidInputError("compact: a dense model has no keep rule; weight_threshold and unit_threshold "
+                                "apply to sparsified models")
+    net = full_network(model)
+    setattr(net, INFO_ATTR, {"format": COMPACT_FORMAT, "method": "dense", "input_shape": list(model.input_shape),
+                             "units": {}, "units_full": {}, "history": [], "selects": {}, "gates": {},
+                             "factory": getattr(model.net, nets.FACTORY_ATTR, None)})
+    return net
+
+
+def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
+    """Fold every unit latent's test-time multiplier into ``net`` (pruned units: 0; DBB: 1, its gate stays);
+    returns ``(pruned channels per group root, DBB gates to attach, units kept per latent)``."""
     group_of = {g.unit: g for g in model.groups if g.unit is not None}
     prune_root: dict[str, set[int]] = {}
     dynamic: dict[str, tuple] = {}
@@ -166,8 +196,12 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
             prune_root[group_of[key].root] = set((~keep).nonzero().flatten().tolist())
         if is_dynamic:
             dynamic[key] = (unit, post, places[0])
-    # ---- remove pruned and unread channels, group by group -------------------------------------------------
-    dg = dependency_graph(net, example)
+    return prune_root, dynamic, kept_units
+
+
+def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[str, set[int]]):
+    """Remove, group by group, the pruned channels and those no layer reads any more (Torch-Pruning's groups);
+    returns ``(alive channels per (layer, "in"/"out"), layers whose inputs belong to a group)``."""
     outputs = _output_layers(net, example)
     names = {m: n for n, m in net.named_modules()}
     grouped_inputs: set[str] = set()
@@ -205,7 +239,12 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
             gone = set(map(int, it.idxs))
             alive[slot] = [c for i, c in enumerate(cur) if i not in gone]
         group.prune()
-    # ---- input features no first dense layer reads any more ----------------------------------------------
+    return alive, grouped_inputs
+
+
+def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dict[str, int]:
+    """Input features no dense layer outside a group reads any more: dropped, with a ``Select`` before the layer;
+    returns ``{layer: inputs kept}``."""
     import torch_pruning as tp
 
     selects: dict[str, int] = {}
@@ -222,7 +261,13 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         alive[(name, "in")] = idx.tolist()
         selects[name] = int(idx.numel())
         _wrap(net, name, lambda layer, idx=idx: nn.Sequential(Select(idx), layer))
-    # ---- DBB gates ----------------------------------------------------------------------------------------
+    return selects
+
+
+def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, unit_threshold,
+                  device: torch.device) -> dict[str, dict]:
+    """DBB: a :class:`~pyro_sparse.nn.DynamicGate` (Eq. 24 on the kept units) beside each gated layer; returns the
+    gates' description ``{layer: {where, n, eps, threshold}}``."""
     gates: dict[str, dict] = {}
     for unit, post, p in dynamic.values():
         size = unit.num_units
@@ -236,7 +281,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         gate.mean.copy_(unit.running_mean.cpu()[cpu])
         gate.std.copy_(unit.running_std.cpu()[cpu])
         gate.beta.copy_(post["beta"].mean.detach().cpu()[cpu])
-        gate.to(example.device)
+        gate.to(device)
         if p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif p.module in selects:  # the gate acts on the inputs the Select keeps
@@ -244,17 +289,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         else:
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(gate, layer))
         gates[p.module] = {"where": p.where, "n": int(index.numel()), "eps": gate.eps, "threshold": gate.threshold}
-    net.eval()
-    info = {
-        "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
-        "units": kept_units, "units_full": {key: model.units[key].num_units for key in model.placements},
-        "history": [[n, bool(o), list(map(int, i))] for n, o, i in dg.pruning_history()],
-        "selects": selects, "gates": gates,
-        "factory": getattr(model.net, nets.FACTORY_ATTR, None),
-    }
-    setattr(net, INFO_ATTR, info)
-    _check(net, model, example if probe is None else probe, rtol, atol)
-    return net
+    return gates
 
 
 def check_guide(model: SparseModel, guide) -> None:
