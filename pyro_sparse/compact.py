@@ -39,6 +39,7 @@ from torch import nn
 
 from pyro_sparse.models import nets
 
+from . import layers
 from .devices import resolve_device
 from .errors import (
     CompactMismatchError,
@@ -48,9 +49,10 @@ from .errors import (
     RunDirError,
     one_line,
 )
+from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DBBGate, DynamicGate, Select
-from .sparsify import NORM_LAYERS, WEIGHT_LAYERS, SparseModel, _is_out, _output_layers, channel_groups, dependency_graph
+from .sparsify import SparseModel, _output_layers, channel_groups, dependency_graph
 from .trust import recorded_network
 
 COMPACT_SPEC = "compact.json"
@@ -63,29 +65,7 @@ _FILE_KEYS = ("tensors", "sha256")
 
 def _fold(net: nn.Module, where: str, path: str, index, root_index, factor: torch.Tensor) -> None:
     """Multiply the channels of ``path``'s output (``where="out"``) or input (``"in"``) by ``factor [K]``."""
-    m = net.get_submodule(path)
-    if index is not None:
-        full = torch.ones(m.num_features if isinstance(m, NORM_LAYERS) else m.weight.shape[0],
-                          dtype=factor.dtype, device=factor.device)
-        factor = full.index_copy(0, index.to(factor.device), factor.index_select(0, root_index.to(factor.device)))
-    if where == "in":
-        m.weight.mul_(factor.view(1, -1, *([1] * (m.weight.dim() - 2))).to(m.weight))
-        return
-    m.weight.mul_(factor.view(-1, *([1] * (m.weight.dim() - 1))).to(m.weight))
-    if m.bias is not None:
-        m.bias.mul_(factor.to(m.bias))
-
-
-def _zero_columns(module: nn.Module, idxs: list[int]) -> bool:
-    """Whether every weight column of input channels ``idxs`` of ``module`` is zero (unknown layouts: False)."""
-    w = module.weight
-    if isinstance(module, nn.Linear) or getattr(module, "groups", 1) == 1:
-        return not bool(w[:, idxs].ne(0).any())
-    if module.groups == module.in_channels:  # depthwise: input channel c is filter group c
-        per = w.shape[0] // module.groups
-        rows = [c * per + j for c in idxs for j in range(per)]
-        return not bool(w[rows].ne(0).any())
-    return False
+    layers.fold(net.get_submodule(path), where, factor, index, root_index)
 
 
 def _wrap(net: nn.Module, path: str, build: Callable[[nn.Module], nn.Module]) -> None:
@@ -207,7 +187,7 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
     grouped_inputs: set[str] = set()
     for root, group in channel_groups(net, dg, outputs):
         k = len(group.items[0].idxs)
-        readers = [it for it in group.items if not _is_out(it.dep.handler) and it.dep.target.module in names
+        readers = [it for it in group.items if not layers.is_out(it.dep.handler, dg) and it.dep.target.module in names
                    and isinstance(it.dep.target.module, WEIGHT_LAYERS)]
         grouped_inputs.update(names[it.dep.target.module] for it in readers)
         dead = set(prune_root.get(root, ()))
@@ -217,7 +197,7 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
                 for i, r in zip(it.idxs, it.root_idxs, strict=True):
                     cols.setdefault(int(r), []).append((it.dep.target.module, int(i)))
             for r, where in cols.items():
-                if all(_zero_columns(m, [i]) for m, i in where):
+                if all(layers.zero_columns(m, [i]) for m, i in where):
                     dead.add(r)
         if len(dead) >= k:  # keep one (zeroed) channel so that every layer keeps a valid shape
             dead.discard(min(dead))
@@ -233,8 +213,8 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
             t = it.dep.target.module
             if t not in names:
                 continue
-            slot = (names[t], "out" if _is_out(it.dep.handler) else "in")
-            size = _channels(t, slot[1])
+            slot = (names[t], "out" if layers.is_out(it.dep.handler, dg) else "in")
+            size = layers.channels(t, slot[1], dg)
             cur = alive.setdefault(slot, list(range(size)))
             gone = set(map(int, it.idxs))
             alive[slot] = [c for i, c in enumerate(cur) if i not in gone]
@@ -324,14 +304,6 @@ def full_network(model) -> nn.Module:
         del layer.weight
         layer.weight = nn.Parameter(w.detach().clone())
     return net
-
-
-def _channels(m: nn.Module, side: str) -> int:
-    if isinstance(m, NORM_LAYERS):
-        return m.num_features
-    if isinstance(m, nn.Linear):
-        return m.out_features if side == "out" else m.in_features
-    return m.out_channels if side == "out" else m.in_channels
 
 
 def _check(net: nn.Module, model: SparseModel, probe: torch.Tensor, rtol: float, atol: float) -> None:

@@ -61,14 +61,13 @@ from pyro_sparse.model import Classifier
 
 from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
+from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_out
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
 from .nn.units import BN_INIT_KEEP, _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
 
 Selector = type | str | Callable[[str, nn.Module], bool] | Sequence
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
@@ -265,10 +264,6 @@ def dependency_graph(net: nn.Module, example_input: torch.Tensor):
                                     "sparsify it with method 'svd', or make its forward traceable") from None
     finally:
         net.train(was_training)
-
-
-def _is_out(handler) -> bool:
-    return handler.__name__ == "prune_out_channels"
 
 
 def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]):
@@ -595,16 +590,16 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
         k = len(group.items[0].idxs)
         info = ChannelGroup(root)
         model.groups.append(info)
-        producers = [it for it in group.items if _is_out(it.dep.handler) and it.dep.target.module in names
-                     and isinstance(it.dep.target.module, (nn.Conv1d, nn.Conv2d))]
+        producers = [it for it in group.items if is_out(it.dep.handler, dg) and it.dep.target.module in names
+                     and isinstance(it.dep.target.module, PRODUCER_LAYERS)]
         if not producers or not all(names[it.dep.target.module] in chosen for it in producers):
             continue
         norms = {it.dep.target.module for it in group.items
-                 if _is_out(it.dep.handler) and isinstance(it.dep.target.module, NORM_LAYERS)}
+                 if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
         places = []
         for it in group.items:
             m = it.dep.target.module
-            if m not in names or not _is_out(it.dep.handler):
+            if m not in names or not is_out(it.dep.handler, dg):
                 continue
             if isinstance(m, NORM_LAYERS):
                 if not m.affine:
@@ -622,8 +617,7 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
             else:
                 continue
             idx, ridx = list(map(int, it.idxs)), list(map(int, it.root_idxs))
-            size = m.num_features if isinstance(m, NORM_LAYERS) else (
-                m.out_channels if hasattr(m, "out_channels") else m.out_features)
+            size = channels(m, "out", dg)
             identity = size == k and idx == list(range(k)) and ridx == list(range(k))
             places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
                                     None if identity else torch.tensor(ridx)))

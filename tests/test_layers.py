@@ -138,3 +138,25 @@ def test_no_long_functions_in_the_engine_cli_sparsify_compact_and_stage():
                 if length > 70:
                     long[f"{path.name}:{node.name}"] = length
     assert long == {}
+
+
+def test_the_layer_table_asks_torch_pruning():
+    """``pyro_sparse.layers``: channel counts of any layer type Torch-Pruning knows (a LayerNorm, which our own
+    rules do not), the side a dependency prunes, and the folding of per-channel factors."""
+    import torch
+    from torch import nn
+
+    from pyro_sparse.layers import channels, fold, is_out, zero_columns
+    from pyro_sparse.sparsify import dependency_graph
+
+    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3))
+    dg = dependency_graph(net, torch.randn(2, 4))
+    assert (channels(net[1], "out", dg), channels(net[0], "in", dg), channels(net[2], "out")) == (6, 4, 3)
+    group = dg.get_pruning_group(net[0], dg.get_pruner_of_module(net[0]).prune_out_channels, [1])
+    sides = {(type(it.dep.target.module).__name__, is_out(it.dep.handler, dg)) for it in group.items}
+    assert ("Linear", True) in sides and ("LayerNorm", True) in sides and ("Linear", False) in sides
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        before = layer.weight.clone()
+        fold(layer, "in", torch.tensor([1.0, 0.0, 2.0]))
+    assert torch.equal(layer.weight, before * torch.tensor([1.0, 0.0, 2.0])) and zero_columns(layer, [1])

@@ -1,0 +1,70 @@
+"""What pyro-sparse knows per layer type, in one place (docs/design.md, contract 10).
+
+The types a method can put latents on (:data:`WEIGHT_LAYERS`), the normalisation layers multipliers are folded into
+(:data:`NORM_LAYERS`), and the per-layer rules the unit placement and :func:`pyro_sparse.compact` use: how many
+channels a layer has on each side (Torch-Pruning's pruner of the layer type answers where it has one), which side of a
+layer a dependency prunes (Torch-Pruning's ``is_out_channel_pruning_fn``), how a per-channel factor folds into its
+parameters, and whether an input channel is read at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: layer types a method attaches latents to (SVD: their weights; unit methods: their output channels / inputs)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: normalisation layers over channels into whose affine parameters unit multipliers are folded
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d)
+#: layers that produce a channel group's channels (a unit latent's producers)
+PRODUCER_LAYERS = (nn.Conv1d, nn.Conv2d)
+
+
+def is_out(handler, dg) -> bool:
+    """Whether a dependency's ``handler`` prunes the output side of its layer (Torch-Pruning's
+    ``is_out_channel_pruning_fn`` of the dependency graph ``dg``)."""
+    return dg.is_out_channel_pruning_fn(handler)
+
+
+def channels(m: nn.Module, side: str, dg=None) -> int:
+    """The number of channels of ``m`` on ``side`` (``"out"`` or ``"in"``): from the Torch-Pruning pruner of its type
+    when a dependency graph ``dg`` is given (any layer type it knows, LayerNorm included), else by our types."""
+    if dg is not None:
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is not None:
+            n = pruner.get_out_channels(m) if side == "out" else pruner.get_in_channels(m)
+            if n is not None:
+                return int(n)
+    if isinstance(m, NORM_LAYERS):
+        return m.num_features
+    if isinstance(m, nn.Linear):
+        return m.out_features if side == "out" else m.in_features
+    return m.out_channels if side == "out" else m.in_channels
+
+
+def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=None) -> None:
+    """Multiply the channels of ``m``'s output (``where="out"``: weight rows and bias, or a normalisation layer's
+    affine parameters) or input (``"in"``: weight columns) by ``factor [K]``; with ``index`` / ``root_index``,
+    channel ``index[i]`` gets ``factor[root_index[i]]`` and the others 1."""
+    if index is not None:
+        full = torch.ones(m.num_features if isinstance(m, NORM_LAYERS) else m.weight.shape[0],
+                          dtype=factor.dtype, device=factor.device)
+        factor = full.index_copy(0, index.to(factor.device), factor.index_select(0, root_index.to(factor.device)))
+    if where == "in":
+        m.weight.mul_(factor.view(1, -1, *([1] * (m.weight.dim() - 2))).to(m.weight))
+        return
+    m.weight.mul_(factor.view(-1, *([1] * (m.weight.dim() - 1))).to(m.weight))
+    if m.bias is not None:
+        m.bias.mul_(factor.to(m.bias))
+
+
+def zero_columns(m: nn.Module, idxs: list[int]) -> bool:
+    """Whether every weight column of input channels ``idxs`` of ``m`` is zero (unknown layouts: False)."""
+    w = m.weight
+    if isinstance(m, nn.Linear) or getattr(m, "groups", 1) == 1:
+        return not bool(w[:, idxs].ne(0).any())
+    if m.groups == m.in_channels:  # depthwise: input channel c is filter group c
+        per = w.shape[0] // m.groups
+        rows = [c * per + j for c in idxs for j in range(per)]
+        return not bool(w[rows].ne(0).any())
+    return False
