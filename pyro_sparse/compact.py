@@ -51,7 +51,7 @@ from .errors import (
 )
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
-from .nn import DBBGate, DynamicGate, Select
+from .nn import DynamicGate, Select
 from .sparsify import SparseModel, _output_layers, channel_groups, dependency_graph
 from .trust import recorded_network
 
@@ -167,7 +167,7 @@ def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
         unit = model.units[key]
         post = model.unit_posterior(key, guide)
         keep, mult = unit.keep(post[unit.latent_site], unit_threshold)
-        is_dynamic = isinstance(unit, DBBGate)
+        is_dynamic = unit.input_dependent
         factor = torch.where(keep, torch.ones_like(mult) if is_dynamic else mult, torch.zeros_like(mult)).float()
         for p in places:
             _fold(net, p.where, p.module, p.index, p.root_index, factor)
@@ -252,16 +252,7 @@ def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, uni
     for unit, post, p in dynamic.values():
         size = unit.num_units
         index = torch.tensor(alive.get((p.module, p.where), list(range(size))), dtype=torch.long)
-        gate = DynamicGate(int(index.numel()), unit.eps,
-                           unit.default_threshold if unit_threshold is None else unit_threshold)
-        keep, _ = unit.keep(post["pi"], unit_threshold)
-        cpu = index.cpu()
-        gate.scale.copy_(torch.where(keep, post["pi"].mean, torch.zeros_like(post["pi"].mean)).detach().cpu()[cpu])
-        gate.gamma.copy_(unit.gamma.detach().cpu()[cpu])
-        gate.mean.copy_(unit.running_mean.cpu()[cpu])
-        gate.std.copy_(unit.running_std.cpu()[cpu])
-        gate.beta.copy_(post["beta"].mean.detach().cpu()[cpu])
-        gate.to(device)
+        gate = unit.compact_gate(post, index, unit_threshold).to(device)
         if p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif p.module in selects:  # the gate acts on the inputs the Select keeps

@@ -76,6 +76,24 @@ class DBBGate(BBGate):
         beta = self.draw(self.beta, x.shape[0])
         return self.gate(pi * self.factor(h, beta))
 
+    input_dependent = True
+
+    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None) -> DynamicGate:
+        """Eq. 24 as a :class:`DynamicGate` on the kept channels ``index``: ``E[π]`` (0 on pruned units), γ, the
+        running statistics and ``E[β]``."""
+        threshold = self.default_threshold if threshold is None else threshold
+        gate = DynamicGate(int(index.numel()), self.eps, threshold)
+        keep, _ = self.keep(posterior["pi"], threshold)
+        mean = posterior["pi"].mean
+        cpu = index.cpu()
+        with torch.no_grad():
+            gate.scale.copy_(torch.where(keep, mean, torch.zeros_like(mean)).detach().cpu()[cpu])
+            gate.gamma.copy_(self.gamma.detach().cpu()[cpu])
+            gate.mean.copy_(self.running_mean.cpu()[cpu])
+            gate.std.copy_(self.running_std.cpu()[cpu])
+            gate.beta.copy_(posterior["beta"].mean.detach().cpu()[cpu])
+        return gate
+
     def test_multiplier(self, x: torch.Tensor, posterior: dict, threshold: float | None = None) -> torch.Tensor:
         """Eq. 24: ``E[π]·clamp(γ (h − μ)/s + E[β], ε, 1 − ε)`` per example ``[B, K]``, zeroed below the threshold."""
         threshold = self.default_threshold if threshold is None else threshold

@@ -73,6 +73,14 @@ class UnitModule(PyroModule):
 
     #: the name of the posterior summary the keep rule thresholds (:meth:`statistic`)
     statistic_name = "summary"
+    #: whether the test-time multiplier depends on the input (DBB): :func:`pyro_sparse.compact` then folds only the
+    #: keep mask into the network and keeps the module that :meth:`compact_gate` returns beside the layer
+    input_dependent = False
+
+    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None) -> nn.Module:
+        """The test-time gate a compact network keeps for an :attr:`input_dependent` unit, restricted to the kept
+        channels ``index`` (``posterior``: ``{attribute: guide distribution}``)."""
+        raise NotImplementedError(f"{type(self).__name__} is not input-dependent: compact folds it into the layer")
 
     def keep(self, q, threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior summary → ``(keep [K] bool, multiplier [K])`` from the guide distribution ``q`` (batch [K])."""
