@@ -47,6 +47,7 @@ from .errors import (
     MissingRunFileError,
     PyroSparseError,
     RunDirError,
+    UnsupportedModelError,
     one_line,
 )
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
@@ -111,15 +112,20 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         del layer.weight  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
         layer.weight = nn.Parameter(w.clone())
     prune_root, dynamic, kept_units = _fold_units(model, guide, net, unit_threshold)
-    dg = dependency_graph(net, example)
-    alive, grouped_inputs = _prune_channels(net, dg, example, prune_root)
+    try:
+        dg = dependency_graph(net, example)
+    except UnsupportedModelError:
+        if model.placements:
+            raise
+        dg = None  # SVD needs no channel surgery: the pruned weights stay zeros, unread inputs still go
+    alive, grouped_inputs = _prune_channels(net, dg, example, prune_root) if dg is not None else ({}, set())
     selects = _select_inputs(net, grouped_inputs, alive)
     gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device)
     net.eval()
     info = {
         "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
         "units": kept_units, "units_full": {key: model.units[key].num_units for key in model.placements},
-        "history": [[n, bool(o), list(map(int, i))] for n, o, i in dg.pruning_history()],
+        "history": [[n, bool(o), list(map(int, i))] for n, o, i in (dg.pruning_history() if dg else [])],
         "selects": selects, "gates": gates,
         "factory": getattr(model.net, nets.FACTORY_ATTR, None),
     }
@@ -526,8 +532,9 @@ def _replay(base: nn.Module, info: dict) -> None:
         if not isinstance(modules.get(name), (*WEIGHT_LAYERS, *NORM_LAYERS)):
             raise RunDirError(f"the recorded gate names {name!r}, which is no weight or normalisation layer of the "
                               "base network")
-    dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
-    dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
+    if info["history"]:  # (an SVD network of a net the tracer cannot follow records none)
+        dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
+        dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
     for name, n in info["selects"].items():
         layer = base.get_submodule(name)
         if n > layer.in_features:

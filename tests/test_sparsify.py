@@ -404,3 +404,27 @@ def test_sparse_vd_cifar_net_and_its_table_4_configurations():
         assert torch.allclose(small(x), reference, rtol=1e-5, atol=1e-5 * max(1.0, float(reference.abs().max())))
     with pytest.raises(ValueError, match="dropout must be one of none, conv, all"):
         nets.build("conv3fc3", (3, 32, 32), 10, dropout="fc")
+
+
+def test_svd_needs_no_dependency_tracer(tmp_path):
+    """SVD removes no channel group, so a network Torch-Pruning's tracer cannot follow (ShuffleNet's channel
+    shuffle) still sparsifies, compacts exactly (pruned weights zero, unread inputs of the classifier dropped) and
+    reloads; the unit methods still refuse it in one line."""
+    from pyro_sparse.errors import UnsupportedModelError
+
+    def factory():
+        return torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+
+    torch.manual_seed(0)
+    net = factory().eval()
+    x = torch.randn(2, 3, 32, 32)
+    model = sparsify(net, "svd", x, num_data=100)
+    guide = MeanFieldGuide(model)
+    model.set_thresholds(weight=-3.0)  # untrained: prune a good share so that compact has work to do
+    small = compact(model, guide)
+    assert torch.allclose(small(x), model.eval()(x), atol=1e-5)
+    assert small.pyro_sparse_compact["history"] == [] and small.pyro_sparse_compact["selects"]["fc"] < 1024
+    save_compact(small, tmp_path / "shuffle")
+    assert torch.allclose(load_compact(tmp_path / "shuffle", factory=factory)(x), small(x), atol=1e-6)
+    with pytest.raises(UnsupportedModelError, match="cannot follow this network"):
+        sparsify(net, "sbp", x)
