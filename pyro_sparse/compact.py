@@ -53,7 +53,7 @@ from .errors import (
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DynamicGate, Select
-from .sparsify import SparseModel, _output_layers, channel_groups, dependency_graph
+from .sparsify import SparseModel, _group_places, _output_layers, channel_groups, dependency_graph
 from .trust import recorded_network
 
 COMPACT_SPEC = "compact.json"
@@ -193,6 +193,9 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
     grouped_inputs: set[str] = set()
     for root, group in channel_groups(net, dg, outputs):
         k = len(group.items[0].idxs)
+        if _group_places(group, root, k, names, dg)[1] is not None:  # not removable exactly: the group stays whole
+            prune_root[root] = set()  # (a dense layer reading it still drops unread inputs, through a Select)
+            continue
         readers = [it for it in group.items if not layers.is_out(it.dep.handler, dg) and it.dep.target.module in names
                    and isinstance(it.dep.target.module, WEIGHT_LAYERS)]
         grouped_inputs.update(names[it.dep.target.module] for it in readers)
@@ -234,8 +237,10 @@ def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dic
     import torch_pruning as tp
 
     selects: dict[str, int] = {}
+    attention = {f"{n}.{c}" for n, a in net.named_modules() if isinstance(a, nn.MultiheadAttention)
+                 for c, _ in a.named_modules() if c}  # their weights are read directly: no Select in front
     for name, m in list(net.named_modules()):
-        if not isinstance(m, nn.Linear) or name in grouped_inputs:
+        if not isinstance(m, nn.Linear) or name in grouped_inputs or name in attention:
             continue
         read = m.weight.ne(0).any(0)
         if bool(read.all()):
@@ -258,7 +263,7 @@ def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, uni
     for unit, post, p in dynamic.values():
         size = unit.num_units
         index = torch.tensor(alive.get((p.module, p.where), list(range(size))), dtype=torch.long)
-        gate = unit.compact_gate(post, index, unit_threshold).to(device)
+        gate = unit.compact_gate(post, index, unit_threshold, features_last=p.where == "in").to(device)
         if p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif p.module in selects:  # the gate acts on the inputs the Select keeps
@@ -542,7 +547,7 @@ def _replay(base: nn.Module, info: dict) -> None:
         tp.prune_linear_in_channels(layer, list(range(n, layer.in_features)))
         _wrap(base, name, lambda layer, n=n: nn.Sequential(Select(torch.zeros(n, dtype=torch.long)), layer))
     for name, g in info["gates"].items():
-        gate = DynamicGate(g["n"], g["eps"], g["threshold"])
+        gate = DynamicGate(g["n"], g["eps"], g["threshold"], features_last=g["where"] == "in")
         if g["where"] == "out":
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif name in info["selects"]:

@@ -46,6 +46,7 @@ import copy
 import fnmatch
 import inspect
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -294,6 +295,7 @@ class SparseModel(Classifier):
         self.weight_layers: dict[str, str] = {}  # WeightSite key -> module path
         self.placements: dict[str, list[Placement]] = {}
         self.groups: list[ChannelGroup] = []
+        self.skipped: list[dict] = []  # channel groups left dense: {"group": root layer, "reason": ...}
         #: the keep rules' thresholds of the ``.eval()`` network and of :func:`pyro_sparse.compact` (None: the
         #: method's default: log α 3 for SVD, SNR 1 for SBP, E[π] 1e-3 for BB/DBB)
         self.thresholds: dict[str, float | None] = {"weight": None, "unit": None}
@@ -442,7 +444,7 @@ class SparseModel(Classifier):
             for p in places:
                 module = net.get_submodule(p.module)
 
-                def apply(t, key=key, unit=unit, p=p):
+                def apply_units(t, key=key, unit=unit, p=p):
                     m = cache.get(key)
                     if m is None:
                         u = t if p.index is None else t.index_select(1, p.index.to(t.device))
@@ -455,6 +457,11 @@ class SparseModel(Classifier):
                         m = scale.index_copy(-1, p.index.to(m.device), m.index_select(-1, p.root_index.to(m.device)))
                     return t * _broadcast_units(m, t)
 
+                def apply(t, p=p, apply_units=apply_units):
+                    if p.where == "in" and t.dim() > 2:  # a dense layer's features are its input's last dim
+                        return apply_units(t.movedim(-1, 1)).movedim(1, -1)
+                    return apply_units(t)
+
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
                     handles.append(module.register_forward_hook(lambda mod, i, o, apply=apply: apply(o),
                                                                 prepend=True))
@@ -465,7 +472,8 @@ class SparseModel(Classifier):
 
 
 def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, include: Selector | None = None,
-             exclude: Selector | None = None, num_data: int | None = None, **options) -> SparseModel:
+             exclude: Selector | None = None, num_data: int | None = None, strict: bool = False,
+             **options) -> SparseModel:
     """Attach ``method`` to a deep copy of ``net`` and return the Pyro model (see the module docstring).
 
     :param net: any ``nn.Module`` mapping ``[B, *input_shape]`` to logits ``[B, classes]``; it is not changed.
@@ -475,6 +483,10 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         groups, execution order); its shape fixes ``input_shape``.
     :param include, exclude: selectors (see the module docstring); ``exclude`` wins.
     :param num_data: N, the training-set size (the likelihood is scaled by N/B; the training engine sets it).
+    :param strict: unit methods: refuse the network when a channel group cannot be pruned exactly (it passes through a
+        layer whose channels cannot be removed, e.g. a GroupNorm or LayerNorm over them). Default ``False``: such a
+        group gets no latent (it stays dense), is listed in ``model.skipped`` (``{"group", "reason"}``), and one
+        warning names them all (docs/design.md, contract 11).
     :param options: ``threshold``: the keep rule's threshold of every method, read by the ``.eval()`` network and
         by :func:`pyro_sparse.compact` (log α for SVD, default 3; SNR for SBP, default 1; E[π] for BB/DBB, default
         1e-3; :meth:`SparseModel.set_thresholds`); the rest go to the unit modules that take them
@@ -483,8 +495,9 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
     :raises InvalidInputError: unknown method or option (naming the valid ones), bad selector, nothing selected,
         ``example_input`` not a finite float batch whose forward pass gives logits ``[B, classes]`` (e.g. an
         unbatched example), a bad ``num_data`` or threshold.
-    :raises UnsupportedModelError: a channel group passes through a layer that cannot be pruned exactly (the message
-        names it and the way out: ``exclude`` its producer), or the tracer cannot follow the network.
+    :raises UnsupportedModelError: with ``strict=True``, a channel group passes through a layer that cannot be pruned
+        exactly (the message names it and the way out: ``exclude`` its producer); the tracer cannot follow the
+        network (unit methods).
     """
     if not isinstance(method, str) or method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -525,9 +538,7 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
             del m.weight  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
             m.register_buffer("weight", weight)
         return model
-    if any(isinstance(m, NORM_LAYERS) for m in net.modules()):
-        options = {**spec.norm_options, **options}
-    _place_units(model, net, spec, chosen, example_input, options)
+    _attach_unit_latents(model, net, spec, chosen, example_input, options, bool(strict))
     model.set_thresholds(unit=threshold)
     return model
 
@@ -580,7 +591,68 @@ def _check_batched(net: nn.Module, example_input: torch.Tensor) -> None:
                                 "batch dim: x.unsqueeze(0))")
 
 
-def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options) -> None:
+def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options,
+                         strict: bool) -> None:
+    """A unit method's latents: channel groups and dense-layer inputs, where pruning is exact; the rest is reported
+    in ``model.skipped`` (or refused with ``strict``)."""
+    if any(isinstance(m, NORM_LAYERS) for m in net.modules()):
+        options = {**spec.norm_options, **options}
+    for name in _attention_projections(net, chosen):  # read as .weight by the attention: no unit on their inputs
+        if strict:
+            raise UnsupportedModelError(f"{name!r} is the output projection of an nn.MultiheadAttention, which reads "
+                                        f"its weight directly; exclude it (exclude=[{name!r}])")
+        del chosen[name]
+        model.skipped.append({"group": name, "reason": f"{name!r} is an nn.MultiheadAttention's output projection "
+                              "(heads are not unit latents yet)"})
+    _place_units(model, net, spec, chosen, example_input, options, strict=strict)
+    if model.skipped:
+        groups = ", ".join(repr(s["group"]) for s in model.skipped)
+        warnings.warn(f"sparsify({spec.name!r}): {len(model.skipped)} channel group(s) left dense (no latent), their "
+                      f"channels cannot be removed exactly: {groups}; model.skipped says why, strict=True refuses "
+                      "instead", stacklevel=2)
+
+
+def _attention_projections(net: nn.Module, chosen: dict) -> list[str]:
+    """The chosen layers that belong to an ``nn.MultiheadAttention`` (its ``out_proj``): the attention uses their
+    weight inside its own functional call, so neither a hook nor a ``Select`` in front of them would be seen."""
+    inside = {f"{name}.{child}" for name, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)
+              for child, _ in m.named_modules() if child}
+    return [name for name in chosen if name in inside]
+
+
+def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Placement], str | None]:
+    """Where a channel group's unit latent multiplies (after each normalisation layer of the group, else after the
+    producing layer), or ``([], reason)`` when a layer of the group cannot be pruned exactly."""
+    norms = {it.dep.target.module for it in group.items
+             if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
+    places = []
+    for it in group.items:
+        m = it.dep.target.module
+        if m not in names or not is_out(it.dep.handler, dg):
+            continue
+        if isinstance(m, NORM_LAYERS):
+            if not m.affine:
+                return [], (f"channel group of {root!r}: {names[m]!r} is a {type(m).__name__} without affine "
+                            f"parameters, into which the unit multipliers cannot be folded; exclude {root!r}")
+        elif isinstance(m, WEIGHT_LAYERS):
+            followers = {n.module for n in dg.module2node[m].outputs}
+            if followers & norms:
+                continue  # the multiplier acts after its normalisation layer
+        elif list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)):
+            return [], (f"channel group of {root!r}: its channels pass through {names[m]!r} ({type(m).__name__}), "
+                        f"which pyro-sparse cannot prune exactly; exclude {root!r} (exclude=[{root!r}])")
+        else:
+            continue
+        idx, ridx = list(map(int, it.idxs)), list(map(int, it.root_idxs))
+        size = channels(m, "out", dg)
+        identity = size == k and idx == list(range(k)) and ridx == list(range(k))
+        places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
+                                None if identity else torch.tensor(ridx)))
+    return places, None
+
+
+def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options,
+                 strict: bool = True) -> None:
     dg = dependency_graph(net, example_input)
     outputs = _output_layers(net, example_input)
     order = execution_order(net, example_input)
@@ -594,33 +666,12 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
                      and isinstance(it.dep.target.module, PRODUCER_LAYERS)]
         if not producers or not all(names[it.dep.target.module] in chosen for it in producers):
             continue
-        norms = {it.dep.target.module for it in group.items
-                 if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
-        places = []
-        for it in group.items:
-            m = it.dep.target.module
-            if m not in names or not is_out(it.dep.handler, dg):
-                continue
-            if isinstance(m, NORM_LAYERS):
-                if not m.affine:
-                    raise UnsupportedModelError(
-                        f"channel group of {root!r}: {names[m]!r} is a {type(m).__name__} without affine "
-                        f"parameters, into which the unit multipliers cannot be folded; exclude {root!r}")
-            elif isinstance(m, WEIGHT_LAYERS):
-                followers = {n.module for n in dg.module2node[m].outputs}
-                if followers & norms:
-                    continue  # the multiplier acts after its normalisation layer
-            elif list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)):
-                raise UnsupportedModelError(
-                    f"channel group of {root!r}: its channels pass through {names[m]!r} ({type(m).__name__}), "
-                    f"which pyro-sparse cannot prune exactly; exclude {root!r} (exclude=[{root!r}])")
-            else:
-                continue
-            idx, ridx = list(map(int, it.idxs)), list(map(int, it.root_idxs))
-            size = channels(m, "out", dg)
-            identity = size == k and idx == list(range(k)) and ridx == list(range(k))
-            places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
-                                    None if identity else torch.tensor(ridx)))
+        places, problem = _group_places(group, root, k, names, dg)
+        if problem is not None:
+            if strict:
+                raise UnsupportedModelError(problem)
+            model.skipped.append({"group": root, "reason": problem})
+            continue
         # named after the producer that runs first (the stem of a residual stream, not its last block)
         first_producer = min((names[it.dep.target.module] for it in producers), key=lambda n: order.get(n, math.inf))
         key = f"{key_of(first_producer)}_units"

@@ -280,9 +280,13 @@ def test_unsupported_layer_is_named():
             return self.fc(self.gn(self.conv(x)).mean((2, 3)))
 
     with pytest.raises(UnsupportedModelError, match=r"'gn'.*exclude 'conv'"):
-        sparsify(GN(), "bb", torch.rand(2, 3, 8, 8))
+        sparsify(GN(), "bb", torch.rand(2, 3, 8, 8), strict=True)
+    with pytest.warns(UserWarning, match=r"1 channel group\(s\) left dense .*'conv'.*strict=True refuses"):
+        lenient = sparsify(GN(), "bb", torch.rand(2, 3, 8, 8))  # the default: the group stays dense, with a report
+    assert [s["group"] for s in lenient.skipped] == ["conv"] and "'gn' (GroupNorm)" in lenient.skipped[0]["reason"]
+    assert list(lenient.placements) == ["fc_units"]
     ok = sparsify(GN(), "bb", torch.rand(2, 3, 8, 8), exclude="conv")
-    assert list(ok.placements) == ["fc_units"]
+    assert list(ok.placements) == ["fc_units"] and ok.skipped == []
 
 
 def test_eval_mode_needs_a_guide():
@@ -428,3 +432,48 @@ def test_svd_needs_no_dependency_tracer(tmp_path):
     assert torch.allclose(load_compact(tmp_path / "shuffle", factory=factory)(x), small(x), atol=1e-6)
     with pytest.raises(UnsupportedModelError, match="cannot follow this network"):
         sparsify(net, "sbp", x)
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_vision_transformer_units_where_exact(method, tmp_path):
+    """A torchvision ViT (small config): the residual stream, normalised by LayerNorm across its channels, stays
+    dense and is reported (``model.skipped`` and one warning), the attention's output projection too; the MLP hidden
+    units and the dense layers' input features of ``[B, T, F]`` tokens get latents; one SVI step, then ``compact``
+    removes MLP units physically, exact against the eval-mode model, and reloads."""
+    import warnings
+
+    def factory():
+        return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                    hidden_dim=32, mlp_dim=64, num_classes=10)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = sparsify(factory(), method, x, num_data=100)
+    if method != "svd":
+        assert any("left dense" in str(w.message) for w in caught)
+        skipped = {s["group"] for s in model.skipped}
+        assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in skipped
+        with pytest.raises(UnsupportedModelError):
+            sparsify(factory(), method, x, strict=True)
+    guide = MeanFieldGuide(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), TraceMeanField_ELBO())
+    assert np.isfinite(svi.step(x, y))
+    rows = model.summary(guide)
+    if method == "svd":
+        model.set_thresholds(weight=float(torch.cat([r["values"].flatten() for r in rows]).median()))
+    else:  # spread the (barely trained) posterior, then prune about half of the first block's MLP hidden units
+        with torch.no_grad():
+            for p in guide.parameters():
+                p.add_(torch.randn_like(p))
+        (mlp_units,) = [r for r in model.summary(guide) if "encoder_layer_0__mlp__3" in r["site"]]
+        model.set_thresholds(unit=float(mlp_units["values"].median()))
+    small = compact(model, guide)
+    assert torch.allclose(small(x), model.eval()(x), atol=1e-5)
+    if method != "svd":
+        mlp = small.encoder.layers.encoder_layer_0.mlp  # (a Select / DBB gate may sit in front of a Linear)
+        fc1, fc2 = (m if isinstance(m, nn.Linear) else m[-1] for m in (mlp[0], mlp[3]))
+        assert fc1.out_features < 64 and fc2.in_features == fc1.out_features
+    save_compact(small, tmp_path / "vit")
+    assert torch.allclose(load_compact(tmp_path / "vit", factory=factory)(x), small(x), atol=1e-6)

@@ -78,11 +78,12 @@ class DBBGate(BBGate):
 
     input_dependent = True
 
-    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None) -> DynamicGate:
+    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None,
+                     features_last: bool = False) -> DynamicGate:
         """Eq. 24 as a :class:`DynamicGate` on the kept channels ``index``: ``E[π]`` (0 on pruned units), γ, the
         running statistics and ``E[β]``."""
         threshold = self.default_threshold if threshold is None else threshold
-        gate = DynamicGate(int(index.numel()), self.eps, threshold)
+        gate = DynamicGate(int(index.numel()), self.eps, threshold, features_last=features_last)
         keep, _ = self.keep(posterior["pi"], threshold)
         mean = posterior["pi"].mean
         cpu = index.cpu()
@@ -104,16 +105,23 @@ class DBBGate(BBGate):
 class DynamicGate(nn.Module):
     """Test-time DBB gate of a compact network: ``x · g(h)``, ``g = scale · clamp(γ (h − μ)/s + β, ε, 1 − ε)``
     with ``g`` zeroed below ``threshold``. ``last_active`` holds the per-example count of active units of the last
-    call (``[B]``), used to report active units and FLOPs as test-set averages."""
+    call (``[B]``), used to report active units and FLOPs as test-set averages. ``features_last``: the units are the
+    last dim of the input (a dense layer's input features, e.g. ``[B, T, F]`` tokens), else dim 1."""
 
-    def __init__(self, num_units: int, eps: float = 1e-6, threshold: float = 1e-3):
+    def __init__(self, num_units: int, eps: float = 1e-6, threshold: float = 1e-3, features_last: bool = False):
         super().__init__()
         self.num_units, self.eps, self.threshold = num_units, eps, threshold
+        self.features_last = features_last
         for name in ("scale", "gamma", "mean", "std", "beta"):
             self.register_buffer(name, torch.zeros(num_units))
         self.last_active: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.features_last and x.dim() > 2:
+            return self._gate(x.movedim(-1, 1)).movedim(1, -1)
+        return self._gate(x)
+
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:
         h = _summary(x)
         g = self.scale * (self.gamma * (h - self.mean) / self.std + self.beta).clamp(self.eps, 1 - self.eps)
         g = torch.where(g >= self.threshold, g, torch.zeros_like(g))

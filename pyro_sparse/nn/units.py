@@ -77,9 +77,11 @@ class UnitModule(PyroModule):
     #: keep mask into the network and keeps the module that :meth:`compact_gate` returns beside the layer
     input_dependent = False
 
-    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None) -> nn.Module:
+    def compact_gate(self, posterior: dict, index: torch.Tensor, threshold: float | None,
+                     features_last: bool = False) -> nn.Module:
         """The test-time gate a compact network keeps for an :attr:`input_dependent` unit, restricted to the kept
-        channels ``index`` (``posterior``: ``{attribute: guide distribution}``)."""
+        channels ``index`` (``posterior``: ``{attribute: guide distribution}``); ``features_last``: it gates a dense
+        layer's input features (the input's last dim)."""
         raise NotImplementedError(f"{type(self).__name__} is not input-dependent: compact folds it into the layer")
 
     def keep(self, q, threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,11 +239,12 @@ class Standardize(nn.Module):
 
 
 class Select(nn.Module):
-    """Keep features ``index`` of dim 1 (compact networks use it for pruned input pixels)."""
+    """Keep features ``index`` of the last dim (compact networks put it before a dense layer whose unread inputs were
+    removed: the input pixels of an MLP, the features of ``[B, T, F]`` tokens)."""
 
     def __init__(self, index: torch.Tensor):
         super().__init__()
         self.register_buffer("index", index.long())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.index)
+        return x.index_select(-1, self.index)
