@@ -53,7 +53,14 @@ from .errors import (
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DynamicGate, Select
-from .sparsify import SparseModel, _group_places, _output_layers, channel_groups, dependency_graph
+from .sparsify import (
+    SparseModel,
+    _attention_projections,
+    _group_places,
+    _output_layers,
+    channel_groups,
+    dependency_graph,
+)
 from .trust import recorded_network
 
 COMPACT_SPEC = "compact.json"
@@ -237,8 +244,7 @@ def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dic
     import torch_pruning as tp
 
     selects: dict[str, int] = {}
-    attention = {f"{n}.{c}" for n, a in net.named_modules() if isinstance(a, nn.MultiheadAttention)
-                 for c, _ in a.named_modules() if c}  # their weights are read directly: no Select in front
+    attention = set(_attention_projections(net, dict(net.named_modules())))  # read directly: no Select in front
     for name, m in list(net.named_modules()):
         if not isinstance(m, nn.Linear) or name in grouped_inputs or name in attention:
             continue

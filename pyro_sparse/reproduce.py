@@ -93,7 +93,7 @@ def _kl_scale_args(kl_scale: dict[str, float] | None) -> list[str]:
     return ["--kl-scale", *(f"{k}={v:g}" for k, v in kl_scale.items())] if kl_scale else []
 
 
-def stage_options(arch: str, row: str, epochs: int, seed: int, dataset: str, data_root: str | None, out: Path,
+def row_options(arch: str, row: str, epochs: int, seed: int, dataset: str, data_root: str | None, out: Path,
                   budget: str, kl_scale: dict[str, float] | None = None, width: float | None = None,
                   val_size: int | None = None) -> dict:
     """The :func:`pyro_sparse.stage.train_stage` options of one row's stage in ``out`` (``out/<row>``)."""
@@ -171,7 +171,7 @@ def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, dat
         for row in rows:
             run_dir = seed_dir / row
             if not (run_dir / "metrics.json").is_file():
-                options = stage_options(arch, row, epochs[row], seed, dataset, data_root, seed_dir, budget, kl_scale,
+                options = row_options(arch, row, epochs[row], seed, dataset, data_root, seed_dir, budget, kl_scale,
                                         width, val_size)
                 train_stage({**options, "resume": (run_dir / "config.json").is_file()})
             per_row[row].append(read_json(run_dir / "metrics.json", "metrics file"))

@@ -613,8 +613,9 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
 
 
 def _attention_projections(net: nn.Module, chosen: dict) -> list[str]:
-    """The chosen layers that belong to an ``nn.MultiheadAttention`` (its ``out_proj``): the attention uses their
-    weight inside its own functional call, so neither a hook nor a ``Select`` in front of them would be seen."""
+    """The layers of ``chosen`` (names) that belong to an ``nn.MultiheadAttention`` (its ``out_proj``): the attention
+    uses their weight inside its own functional call, so neither a hook nor a ``Select`` in front of them would be
+    seen (:func:`sparsify` puts no unit there, :func:`pyro_sparse.compact` no ``Select``)."""
     inside = {f"{name}.{child}" for name, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)
               for child, _ in m.named_modules() if child}
     return [name for name in chosen if name in inside]

@@ -179,7 +179,10 @@ def test_a_method_defined_outside_the_package_works_everywhere(user_method, tmp_
     logits = Predictive(model, guide=guide, num_samples=4, return_sites=("_RETURN",))(x)["_RETURN"]
     assert logits.shape == (4, 16, 10)
     model.set_thresholds(unit=float(model.summary(guide)[0]["values"].median()))
+    first = model.summary(guide)[0]
+    assert 0 < first["kept"] < first["total"]  # the gate really prunes: compact has units to remove
     small = compact(model, guide)
+    assert small[0][-1].in_features == first["kept"]  # Select + Linear: the kept inputs of the first layer
     save_compact(small, tmp_path / "small")
     assert torch.allclose(load_compact(tmp_path / "small", factory=lambda: net)(x), small(x), atol=1e-5)
     idata = to_inference_data(model, guide, x, y, num_samples=5)

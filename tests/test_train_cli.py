@@ -216,23 +216,23 @@ def test_reproduce_smoke(mnist_root, tmp_path, capsys):
 def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     """LeNet-300-100's SVD stage (from scratch, 200 epochs) switches train-time clipping on at epoch 180; stages from
     a dense net, and short smoke stages, do not clip."""
-    from pyro_sparse.reproduce import stage_options
+    from pyro_sparse.reproduce import row_options
 
-    opts = stage_options("lenet300", "svd", 200, 0, "mnist", None, tmp_path, "cpu")
+    opts = row_options("lenet300", "svd", 200, 0, "mnist", None, tmp_path, "cpu")
     assert opts["train_clip_from"] == 180 and "init_from" not in opts
-    assert "train_clip_from" not in stage_options("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
-    assert "train_clip_from" not in stage_options("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
+    assert "train_clip_from" not in row_options("lenet500", "svd", 200, 0, "mnist", None, tmp_path, "paper")
+    assert "train_clip_from" not in row_options("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
 
 
 def test_reproduce_kl_scale_goes_to_sbp_and_bb_stages_only(tmp_path, capsys):
-    from pyro_sparse.reproduce import run, stage_options
+    from pyro_sparse.reproduce import row_options, run
 
     scale = {"conv1": 40.0, "conv2": 16.0}
     for method in ("sbp", "bb"):
-        assert stage_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)["kl_scale"] == [
+        assert row_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)["kl_scale"] == [
             "conv1=40", "conv2=16"]
     for method in ("dense", "svd", "dbb"):
-        assert "kl_scale" not in stage_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
+        assert "kl_scale" not in row_options("lenet5", method, 10, 0, "mnist", None, tmp_path, "cpu", scale)
     # a finished stage made with another scale is neither reused nor overwritten
     stage = tmp_path / "repro" / "seed0" / "sbp"
     stage.mkdir(parents=True)
@@ -318,7 +318,7 @@ def test_reproduce_cifar10_tables_smoke(cifar_root, tmp_path, capsys):
     sets, 15 filter counts, the paper's beside) and the sparse-VD Table 4 net's "binary dropout
     on convs + SVD on the FC layers" (the selector and the dropout reach the stage; FC compression reported). The
     stages run through the library (no CLI argv in between) and record the commit they ran on."""
-    from pyro_sparse.reproduce import stage_options
+    from pyro_sparse.reproduce import row_options
 
     out = tmp_path / "vgg"
     assert main(["reproduce", "--arch", "vgg_like", "--budget", "smoke", "--data-root", str(cifar_root),
@@ -328,7 +328,7 @@ def test_reproduce_cifar10_tables_smoke(cifar_root, tmp_path, capsys):
     (dense,) = table["rows"]
     assert len(dense["units"]) == 15 and dense["units"][0] == 16  # 64 filters × 0.25
     assert dense["paper"][0] == 7.43 and dense["test_error_official1k"] is not None
-    assert stage_options("vgg_like", "bb", 15, 0, "cifar10", None, out, "cpu")["init_from"] == str(out / "dense")
+    assert row_options("vgg_like", "bb", 15, 0, "cifar10", None, out, "cpu")["init_from"] == str(out / "dense")
     cfg = json.loads((out / "seed0" / "dense" / "config.json").read_text())
     assert cfg["arch_options"] == {"k": 0.25}
     assert cfg["args"]["augment"] == "crop-flip" and "--arch-option k=0.25" in cfg["command"]
