@@ -66,6 +66,11 @@ class CompactMismatchError(PyroSparseError, RuntimeError):
     batch; the message names the first layer that differs."""
 
 
+class ExportError(PyroSparseError, RuntimeError):
+    """:func:`pyro_sparse.export` could not write the network in the asked format (torch.export or the ONNX exporter
+    refused it, the extra it needs is not installed), or the exported file does not compute what the network does."""
+
+
 def one_line(e: BaseException) -> str:
     """The first line of ``e``'s message (its type name if it has none), whitespace collapsed."""
     text = str(e).strip().splitlines()

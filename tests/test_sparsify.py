@@ -167,9 +167,13 @@ def _train(model, guide, x, y, steps: int = 2):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("arch", list(ZOO))
-def test_zoo(arch, method, tmp_path):
+#: (arch, method) → (compact network, its training images), filled by test_zoo; test_export reads them
+_COMPACT: dict[tuple[str, str], tuple[nn.Module, torch.Tensor]] = {}
+
+
+def _zoo_case(arch: str, method: str):
+    """``(net, its state before, model, guide, compact network, images)`` of one zoo case: sparsify, 2 SVI steps,
+    forced pruning, compact."""
     x, y = _images(arch)
     net = ZOO[arch]()
     before = copy.deepcopy(net.state_dict())
@@ -179,6 +183,21 @@ def test_zoo(arch, method, tmp_path):
         _train(model, guide, x, y)
         force_prune(guide)
         small = compact(model, guide, probe=x)
+    _COMPACT[arch, method] = small, x
+    return net, before, model, guide, small, x
+
+
+def compact_zoo(arch: str, method: str) -> tuple[nn.Module, torch.Tensor]:
+    """The compact network of a zoo case and its images (built once per session)."""
+    if (arch, method) not in _COMPACT:
+        _zoo_case(arch, method)
+    return _COMPACT[arch, method]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_zoo(arch, method, tmp_path):
+    net, before, model, guide, small, x = _zoo_case(arch, method)
     # the user's network is untouched
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     # compact == the eval-mode model

@@ -125,5 +125,6 @@ class DynamicGate(nn.Module):
         h = _summary(x)
         g = self.scale * (self.gamma * (h - self.mean) / self.std + self.beta).clamp(self.eps, 1 - self.eps)
         g = torch.where(g >= self.threshold, g, torch.zeros_like(g))
-        self.last_active = (g > 0).sum(1)
+        if not torch.compiler.is_compiling():  # a record for reports, not part of an exported or compiled graph
+            self.last_active = (g > 0).sum(1)
         return x * _broadcast_units(g, x)
