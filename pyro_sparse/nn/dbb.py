@@ -104,9 +104,16 @@ class DBBGate(BBGate):
 
 class DynamicGate(nn.Module):
     """Test-time DBB gate of a compact network: ``x · g(h)``, ``g = scale · clamp(γ (h − μ)/s + β, ε, 1 − ε)``
-    with ``g`` zeroed below ``threshold``. ``last_active`` holds the per-example count of active units of the last
-    call (``[B]``), used to report active units and FLOPs as test-set averages. ``features_last``: the units are the
-    last dim of the input (a dense layer's input features, e.g. ``[B, T, F]`` tokens), else dim 1."""
+    with ``g`` zeroed below ``threshold`` (Lee et al. 2018, Eq. 24). ``h`` is ``x`` for ``[B, K]`` inputs, its
+    spatial mean for ``[B, K, *spatial]``. ``features_last``: the units are the last dim of the input (a dense
+    layer's input features, e.g. ``[B, T, F]`` tokens), else dim 1.
+
+    The stored buffers are the paper's quantities (``scale`` = E[π], ``gamma``, ``mean``, ``std``, ``beta``; shape
+    ``[K]``); the forward pass uses their affine form ``h · (γ/s) + (β − γμ/s)`` (computed once and reused until a
+    buffer changes) and works in place on ``g``: one fused multiply-add, a clamp, a scale, a threshold and the
+    product with ``x`` — five passes over ``[B, K]`` (issue 29: the gates had cost more than the matmuls they gate).
+    ``last_active`` is the per-example count of active units of the last call (``[B]``), for reports of active
+    units and FLOPs as test-set averages."""
 
     def __init__(self, num_units: int, eps: float = 1e-6, threshold: float = 1e-3, features_last: bool = False):
         super().__init__()
@@ -114,17 +121,43 @@ class DynamicGate(nn.Module):
         self.features_last = features_last
         for name in ("scale", "gamma", "mean", "std", "beta"):
             self.register_buffer(name, torch.zeros(num_units))
-        self.last_active: torch.Tensor | None = None
+        self._last_gate: torch.Tensor | None = None
+        self._affine_cache: tuple | None = None
+        self._below: tuple[float, float] | None = None
+
+    @property
+    def last_active(self) -> torch.Tensor | None:
+        return None if self._last_gate is None else (self._last_gate > 0).sum(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.features_last and x.dim() > 2:
             return self._gate(x.movedim(-1, 1)).movedim(1, -1)
         return self._gate(x)
 
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(γ/s, β − γμ/s)``, recomputed when a buffer was replaced or written in place."""
+        bufs = (self.gamma, self.std, self.mean, self.beta)
+        if torch.compiler.is_compiling():  # a traced graph computes them (no Python-side cache in a graph)
+            slope = self.gamma / self.std
+            return slope, self.beta - self.mean * slope
+        key = tuple((b.data_ptr(), b._version) for b in bufs)
+        if self._affine_cache is None or self._affine_cache[0] != key:
+            with torch.no_grad():
+                slope = self.gamma / self.std
+                self._affine_cache = key, slope, self.beta - self.mean * slope
+        return self._affine_cache[1], self._affine_cache[2]
+
+    def _threshold_below(self) -> float:
+        """F.threshold keeps g > t: the largest float32 below ``threshold`` keeps g ≥ threshold, the papers' rule."""
+        if self._below is None or self._below[0] != self.threshold:
+            t = torch.tensor(self.threshold, dtype=torch.float32)
+            self._below = self.threshold, float(torch.nextafter(t, torch.tensor(-math.inf)))
+        return self._below[1]
+
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
-        h = _summary(x)
-        g = self.scale * (self.gamma * (h - self.mean) / self.std + self.beta).clamp(self.eps, 1 - self.eps)
-        g = torch.where(g >= self.threshold, g, torch.zeros_like(g))
+        slope, shift = self._affine()
+        g = torch.addcmul(shift, _summary(x), slope).clamp_(self.eps, 1 - self.eps).mul_(self.scale)
+        g = nn.functional.threshold(g, self._threshold_below(), 0.0, inplace=True)
         if not torch.compiler.is_compiling():  # a record for reports, not part of an exported or compiled graph
-            self.last_active = (g > 0).sum(1)
+            self._last_gate = g
         return x * _broadcast_units(g, x)
