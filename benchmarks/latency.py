@@ -2,7 +2,7 @@
 (issue 29, item 5).
 
     python benchmarks/latency.py DIR [DIR ...] [--engines eager compile onnxruntime] [--batches 1 32 1000]
-                                 [--threads 1] [--repeats 50] [--processes 3] [--out benchmarks/latency]
+                                 [--threads 1] [--repeats 50] [--processes 3] [--out benchmarks/latency_engines]
 
 DIR is a finished run directory or a folder written by ``save_compact`` (anything with ``compact.json``). For each
 DIR, the compact network (``load_compact``) is timed against the full network of the same architecture (the unpruned
@@ -165,7 +165,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per directory (median over them)")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("latency")), help="OUT.json, OUT.png")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("latency_engines")), help="OUT.json, OUT.png")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process, one directory
     a = ap.parse_args()
     if a.worker:
