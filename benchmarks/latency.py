@@ -182,8 +182,10 @@ def main():
         for _ in range(a.processes):
             cmd = [sys.executable, __file__, d, "--worker", "--threads", str(a.threads), "--repeats", str(a.repeats),
                    "--engines", *a.engines, "--batches", *map(str, a.batches)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"latency.py: {d}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         results[Path(d).name] = _median_rows(rows, a.engines, a.batches)
         print(json.dumps({Path(d).name: results[Path(d).name]}), flush=True)
     command = "python benchmarks/latency.py " + " ".join(sys.argv[1:])
