@@ -1,7 +1,7 @@
 """Measured CPU speed-up of compact networks over their full-size versions, in three engines, at three batch sizes
 (issue 29, item 5).
 
-    python benchmarks/latency.py DIR [DIR ...] [--engines eager compile onnxruntime] [--batches 1 32 1000]
+    python benchmarks/latency.py DIR [DIR ...] [--engines eager eager+csr compile onnxruntime] [--batches 1 32 1000]
                                  [--threads 1] [--repeats 50] [--processes 3] [--out benchmarks/latency_engines]
 
 DIR is a finished run directory or a folder written by ``save_compact`` (anything with ``compact.json``). For each
@@ -10,6 +10,8 @@ base network rebuilt from ``compact.json``: same layers, nothing removed; the we
 time):
 
 - ``eager``: ``torch.inference_mode()``;
+- ``eager+csr``: the same, with the compact network's ``nn.Linear`` layers of ≤ 5% non-zero weights run as
+  ``SparseLinear`` (``pyro_sparse.sparse_kernels``; the same network as ``eager`` where no layer is that sparse);
 - ``compile``: ``torch.compile`` (inductor, default mode; compiled once per batch size during warm-up);
 - ``onnxruntime``: both networks written by ``pyro_sparse.export`` (checked against torch) and run by onnxruntime's
   CPU provider.
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-ENGINES = ("eager", "compile", "onnxruntime")
+ENGINES = ("eager", "eager+csr", "compile", "onnxruntime")
 
 
 def _networks(directory: str):
@@ -55,6 +57,11 @@ def _engine(name: str, full, compact, x: torch.Tensor, tmp: Path, threads: int):
     """Two zero-argument callables (full, compact) that run one forward pass of ``x`` in engine ``name``."""
     if name == "eager":
         return (lambda: full(x)), (lambda: compact(x))
+    if name == "eager+csr":  # mostly-zero dense layers as SparseLinear (pyro_sparse.sparse_kernels)
+        from pyro_sparse import sparse_kernels
+
+        fast = sparse_kernels(compact)
+        return (lambda: full(x)), (lambda: fast(x))
     if name == "compile":
         f, c = torch.compile(full), torch.compile(compact)
         return (lambda: f(x)), (lambda: c(x))
@@ -145,7 +152,7 @@ def plot(results: dict, engines, batch: int, path: Path) -> None:
     top = max(r["flops_speedup"] for r in results.values()) * 1.2
     ax.plot([1, top], [1, top], "k-", lw=0.8, label="y = x")
     ax.plot([1, top], [0.5, top / 2], "k--", lw=0.8, label="y = x / 2 (the goal)")
-    for engine, marker in zip(engines, "os^", strict=False):
+    for engine, marker in zip(engines, "osD^", strict=False):
         xs = [r["flops_speedup"] for r in results.values()]
         ys = [r[f"{engine}_b{batch}"]["speedup"] for r in results.values()]
         ax.scatter(xs, ys, marker=marker, label=engine)

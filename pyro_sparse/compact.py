@@ -39,7 +39,7 @@ from torch import nn
 
 from pyro_sparse.models import nets
 
-from . import layers
+from . import csr, layers
 from .devices import resolve_device
 from .errors import (
     CompactMismatchError,
@@ -65,10 +65,12 @@ from .trust import recorded_network
 
 COMPACT_SPEC = "compact.json"
 COMPACT_WEIGHTS = "compact.safetensors"
-COMPACT_FORMAT = "pyro-sparse-compact/3"
+COMPACT_FORMAT = "pyro-sparse-compact/4"
+#: formats load_compact reads (/3: every tensor dense; /4 adds sparse storage, :mod:`pyro_sparse.csr`)
+READ_FORMATS = ("pyro-sparse-compact/3", COMPACT_FORMAT)
 INFO_ATTR = "pyro_sparse_compact"
 #: entries of compact.json that describe the tensor file, not the network
-_FILE_KEYS = ("tensors", "sha256")
+_FILE_KEYS = ("tensors", "sha256", "sparse")
 
 
 def _fold(net: nn.Module, where: str, path: str, index, root_index, factor: torch.Tensor) -> None:
@@ -355,11 +357,15 @@ def _record(net: nn.Module):
     return outs, handles
 
 
-def save_compact(net: nn.Module, directory: str | os.PathLike) -> None:
+def save_compact(net: nn.Module, directory: str | os.PathLike) -> dict:
     """Write ``compact.json`` (the description) and ``compact.safetensors`` (the tensors) into ``directory``,
     atomically. The description records every tensor's name, shape and dtype and the SHA-256 of the tensor file, so
-    that :func:`load_compact` checks the two files against each other before it builds anything.
+    that :func:`load_compact` checks the two files against each other before it builds anything. Weight tensors
+    that are mostly zeros (SVD's pruned weights) are stored in compressed sparse row form where that is smaller
+    (:mod:`pyro_sparse.csr`); :func:`load_compact` rebuilds them exactly.
 
+    :returns: ``{"bytes": size of compact.safetensors, "dense_bytes": its size with every tensor dense,
+        "sparse": [names of the tensors stored sparse]}``.
     :raises InvalidInputError: ``net`` is not a network made by :func:`compact`.
     :raises RunDirError: ``directory`` is a file.
     """
@@ -373,13 +379,15 @@ def save_compact(net: nn.Module, directory: str | os.PathLike) -> None:
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"save_compact: {directory} is a file; expected a directory (new or existing)")
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    dense = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    tensors, sparse = csr.pack(dense)
     data = save(tensors)
     spec = {**info, "format": COMPACT_FORMAT,
             "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in tensors.items()},
-            "sha256": hashlib.sha256(data).hexdigest()}
+            "sparse": sparse, "sha256": hashlib.sha256(data).hexdigest()}
     atomic_write_bytes(directory / COMPACT_WEIGHTS, data)
     atomic_write_bytes(directory / COMPACT_SPEC, json.dumps(spec, indent=1).encode())
+    return {"bytes": len(data), "dense_bytes": len(save(dense)), "sparse": sorted(sparse)}
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -413,8 +421,9 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
         raise MissingRunFileError(f"{directory} holds no compact network ({COMPACT_SPEC} and {COMPACT_WEIGHTS} "
                                   "expected)")
     info = read_json(spec_path, "compact network description")
-    if info.get("format") != COMPACT_FORMAT:
-        _bad_spec(spec_path, f"format {info.get('format')!r}, expected {COMPACT_FORMAT!r}")
+    if info.get("format") not in READ_FORMATS:
+        _bad_spec(spec_path, f"format {info.get('format')!r}, expected one of {', '.join(map(repr, READ_FORMATS))}")
+    info.setdefault("sparse", {})  # (format /3 stored every tensor dense)
     checks = {
         "method": lambda v: isinstance(v, str),
         "input_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(_is_int(d, 1) for d in v)
@@ -433,6 +442,7 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
             isinstance(t, dict) and set(t) == {"shape", "dtype"} and isinstance(t["dtype"], str)
             and isinstance(t["shape"], list) and all(_is_int(d) for d in t["shape"]) for t in v.values()),
         "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+        "sparse": csr.check_description,
     }
     for key, ok in checks.items():
         if key not in info or not ok(info[key]):
@@ -514,6 +524,11 @@ def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] 
         raise RunDirError(f"cannot replay the pruning recorded in {directory / COMPACT_SPEC} on the base network "
                           f"({one_line(e)}); expected the files written by pyro_sparse.save_compact for it") from None
     own = base.state_dict()
+    for name, sp in info["sparse"].items():  # shapes first: a dense tensor is only built at the network's size
+        if name not in own or list(own[name].shape) != sp["shape"]:
+            raise RunDirError(f"{directory / COMPACT_SPEC}: the sparse tensor {name!r} of shape {sp['shape']} is no "
+                              "tensor of that shape in the network rebuilt from it")
+    tensors = csr.unpack(tensors, info["sparse"], str(directory / COMPACT_WEIGHTS))
     for name, t in tensors.items():
         if name in own and own[name].shape != t.shape:
             raise RunDirError(f"{directory / COMPACT_WEIGHTS}: tensor {name!r} has shape {list(t.shape)}, the network "

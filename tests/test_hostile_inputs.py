@@ -448,7 +448,7 @@ API = [
         "integrity",
         lambda w, t: _call(load_compact, _spec(w, "svd", t, lambda s: s.update(format="pyro-sparse-compact/2"))),
         errors.RunDirError,
-        "expected 'pyro-sparse-compact/3'",
+        "expected one of 'pyro-sparse-compact/3', 'pyro-sparse-compact/4'",
     ),
     (
         "tensors-swapped",
