@@ -58,6 +58,14 @@ def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=
         m.bias.mul_(factor.to(m.bias))
 
 
+def is_grouped(m: nn.Module) -> bool:
+    """Whether ``m`` is a grouped convolution that is not depthwise (``1 < groups != in_channels``, e.g. RegNet's,
+    ResNeXt's): its channels can only be removed a whole group at a time, so no channel group through it is pruned
+    exactly one channel at a time."""
+    groups = getattr(m, "groups", 1)
+    return isinstance(m, WEIGHT_LAYERS) and groups > 1 and groups != getattr(m, "in_channels", groups)
+
+
 def zero_columns(m: nn.Module, idxs: list[int]) -> bool:
     """Whether every weight column of input channels ``idxs`` of ``m`` is zero (unknown layouts: False)."""
     w = m.weight

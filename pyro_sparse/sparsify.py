@@ -62,7 +62,7 @@ from pyro_sparse.model import Classifier
 
 from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
-from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_out
+from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_grouped, is_out
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.svd import WeightSite
 from .nn.units import BN_INIT_KEEP, _broadcast_units
@@ -626,6 +626,12 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
     producing layer), or ``([], reason)`` when a layer of the group cannot be pruned exactly."""
     norms = {it.dep.target.module for it in group.items
              if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
+    grouped = [it.dep.target.module for it in group.items
+               if it.dep.target.module in names and is_grouped(it.dep.target.module)]
+    if grouped:
+        return [], (f"channel group of {root!r}: its channels pass through the grouped convolution "
+                    f"{names[grouped[0]]!r} (groups={grouped[0].groups}), whose channels go only a whole group at a "
+                    f"time; exclude {root!r} (exclude=[{root!r}])")
     places = []
     for it in group.items:
         m = it.dep.target.module

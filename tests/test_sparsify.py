@@ -7,6 +7,7 @@ save/load round trip (no unpickling) gives the same network.
 """
 
 import copy
+import warnings
 
 import numpy as np
 import pyro
@@ -496,3 +497,45 @@ def test_vision_transformer_units_where_exact(method, tmp_path):
         assert fc1.out_features < 64 and fc2.in_features == fc1.out_features
     save_compact(small, tmp_path / "vit")
     assert torch.allclose(load_compact(tmp_path / "vit", factory=factory)(x), small(x), atol=1e-6)
+
+
+class GroupedBlock(nn.Module):
+    """RegNet's / ResNeXt's construct in small: a grouped (not depthwise) 3×3 conv between two 1×1 convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.grouped, self.bn1 = nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32)
+        self.point, self.bn2 = nn.Conv2d(32, 24, 1), nn.BatchNorm2d(24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.bn0(self.stem(x)))
+        h = torch.relu(self.bn1(self.grouped(h)))
+        return self.head(torch.relu(self.bn2(self.point(h))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_convolutions_stay_whole(method, tmp_path):
+    """Channel groups through a grouped convolution (its channels go only a whole group at a time) stay dense and are
+    reported; the others are pruned; compact is exact and reloads (before: an index error in compact for the unit
+    methods, a conv whose channels no longer divide by its groups for SVD — RegNet-x-400mf, issue 28)."""
+    torch.manual_seed(0)
+    x, y = _images("custom", 12)
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(GroupedBlock(), method, x[:2], num_data=50)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+    if method != "svd":
+        reasons = {s["group"]: s["reason"] for s in model.skipped}
+        assert set(reasons) == {"stem", "grouped"} and "grouped convolution 'grouped' (groups=4)" in reasons["stem"]
+        assert small.point.out_channels < 24  # the group after the grouped conv is pruned
+    assert small.grouped.in_channels == 16 and small.grouped.out_channels == 32  # whole
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    save_compact(small, tmp_path / "g")
+    assert torch.allclose(load_compact(tmp_path / "g", factory=GroupedBlock)(x), small(x), atol=1e-6)
