@@ -539,3 +539,44 @@ def test_grouped_convolutions_stay_whole(method, tmp_path):
         assert torch.allclose(small(x), model(x), atol=1e-5)
     save_compact(small, tmp_path / "g")
     assert torch.allclose(load_compact(tmp_path / "g", factory=GroupedBlock)(x), small(x), atol=1e-6)
+
+
+MODERN = {  # torchvision's modern families, the same classes at sizes a test can train (issue 28, item 4)
+    "convnext": lambda: torchvision.models.convnext.ConvNeXt(
+        [torchvision.models.convnext.CNBlockConfig(16, 32, 1), torchvision.models.convnext.CNBlockConfig(32, None, 1)],
+        num_classes=10),
+    "resnext": lambda: torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], groups=4,
+                                                        width_per_group=4, num_classes=10),
+    "regnet": lambda: torchvision.models.regnet.RegNet(torchvision.models.regnet.BlockParams.from_init_params(
+        depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8), num_classes=10),
+}
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb"])
+@pytest.mark.parametrize("arch", list(MODERN))
+def test_modern_zoo(arch, method, tmp_path):
+    """ConvNeXt (LayerNorm over channels-last maps, depthwise 7×7, Linear on [B, H, W, C]), ResNeXt and RegNet
+    (grouped convolutions): forced pruning, compact equals the eval-mode model, fewer (non-zero) parameters, reload
+    exact; the
+    unit methods leave the LayerNorm-normalised and grouped-conv groups dense, reported, and prune the others."""
+    torch.manual_seed(0)
+    x, y = _images("custom", 8)
+    net = MODERN[arch]()
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(net, method, x[:2], num_data=50)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    stored = sum(int(p.count_nonzero()) if method == "svd" else p.numel() for p in small.parameters())
+    assert stored < 0.9 * sum(p.numel() for p in net.parameters())  # SVD: non-zero weights; units: parameters
+    if method != "svd":
+        assert model.skipped and model.units  # some groups stay whole, the others get units
+        reasons = " ".join(s["reason"] for s in model.skipped)
+        assert ("LayerNorm" in reasons) if arch == "convnext" else ("grouped convolution" in reasons)
+    save_compact(small, tmp_path / arch)
+    assert torch.equal(load_compact(tmp_path / arch, factory=MODERN[arch])(x), small(x))
