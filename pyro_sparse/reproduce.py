@@ -24,7 +24,9 @@ The tables (:data:`TABLES`):
 configs: ``conv1=40 conv2=16``; see :mod:`pyro_sparse.poutine.scale`); the table's command and title say so.
 
 Budgets (epochs per stage, :data:`BUDGETS`): ``smoke`` — 1 epoch on 2,000 training examples (a test runs it);
-``cpu`` — fits sessions on 2 CPU cores; ``paper`` — the papers' schedules (200 epochs; 250 for ``conv3fc3``).
+``cpu`` — fits sessions on 2 CPU cores; ``paper`` — the papers' schedules (200 epochs; 250 for ``conv3fc3``) with
+the recipes chosen on a validation split (:data:`PAPER_RECIPES`; 5,000 training images held out on MNIST and
+Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -62,8 +64,21 @@ BUDGETS = {
         "conv3fc3": dict.fromkeys(TABLES["conv3fc3"], 30),
     },
     "paper": {**{arch: dict.fromkeys(rows, 200) for arch, rows in TABLES.items()},
+              "lenet500": {"dense": 20, "svd": 200, "sbp": 200, "bb": 200, "dbb": 200},
               "conv3fc3": dict.fromkeys(TABLES["conv3fc3"], 250)},
 }
+#: ``--budget paper``: each row's recipe beyond the table's defaults, chosen on the validation split (issue 26;
+#: benchmarks/RESULTS.md, "Paper-budget runs with a validation split"). Rule: among the 200-epoch runs of a row, the
+#: lowest validation error of those that reach the paper's FLOPs speed-up, else of all (ties of one validation image
+#: keep the table's default). LeNet-500-300: BB at gate lr 0.1 with the linear decay is the only BB run past 13.26x;
+#: DBB at gate lr 3e-2 the only 200-epoch DBB run; SVD from the dense net (2.36% vs 2.34% from scratch: one image);
+#: SBP as the table has it. The dense stage trains 20 epochs, the net every recipe above started from.
+PAPER_RECIPES: dict[tuple[str, str], dict] = {
+    ("lenet500", "bb"): {"noise": "per-batch", "lr_latent": 0.1, "lr_schedule": "linear"},
+    ("lenet500", "dbb"): {"noise": "per-batch", "lr_latent": 0.03},
+}
+#: ``--budget paper`` holds out this many training images on MNIST / Fashion-MNIST unless ``--val-size`` says otherwise
+PAPER_VAL_SIZE = 5000
 #: vgg_like's width multiplier per budget (``--width`` overrides)
 DEFAULT_WIDTH = {"smoke": 0.25, "cpu": 0.25, "paper": 1.0}
 SMOKE_SUBSET = 2000
@@ -108,6 +123,8 @@ def row_options(arch: str, row: str, epochs: int, seed: int, dataset: str, data_
         options["val_size"] = val_size
     if budget == "smoke":
         options.update(subset=SMOKE_SUBSET, no_latency=True)
+    if budget == "paper":
+        options.update(PAPER_RECIPES.get((arch, row), {}))
     if source is not None:
         options["init_from"] = str(out / source)
     if dataset == "cifar10":
@@ -156,6 +173,8 @@ def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, dat
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; expected a folder for the reproduction")
     epochs = {r: BUDGETS[budget][arch][r] for r in rows}
+    if budget == "paper" and val_size is None and dataset in ("mnist", "fashion-mnist"):
+        val_size = PAPER_VAL_SIZE
     per_row: dict[str, list[dict]] = {r: [] for r in rows}
     for seed in range(seeds):  # before training anything: every stage already there must match the KL scale
         for row in rows:

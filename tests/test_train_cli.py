@@ -224,6 +224,23 @@ def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     assert "train_clip_from" not in row_options("lenet300", "svd", 1, 0, "mnist", None, tmp_path, "smoke")
 
 
+def test_reproduce_paper_budget_runs_the_chosen_recipes(tmp_path):
+    """--budget paper: each row's recipe chosen on validation (PAPER_RECIPES), a 5,000-image validation split on
+    MNIST, and the options are ones the stage accepts (issue 26, item 2)."""
+    from pyro_sparse.reproduce import BUDGETS, row_options
+    from pyro_sparse.stage import check_options, command_line, stage_options
+
+    bb = row_options("lenet500", "bb", 200, 0, "mnist", None, tmp_path, "paper")
+    assert (bb["noise"], bb["lr_latent"], bb["lr_schedule"]) == ("per-batch", 0.1, "linear")
+    dbb = row_options("lenet500", "dbb", 200, 0, "mnist", None, tmp_path, "paper")
+    assert (dbb["noise"], dbb["lr_latent"], dbb["init_from"]) == ("per-batch", 0.03, str(tmp_path / "bb"))
+    assert "noise" not in row_options("lenet500", "bb", 30, 0, "mnist", None, tmp_path, "cpu")
+    assert BUDGETS["paper"]["lenet500"]["dense"] == 20
+    for options in (bb, dbb):
+        check_options(stage_options(options))
+        assert "--lr-latent" in command_line(stage_options(options))
+
+
 def test_reproduce_kl_scale_goes_to_sbp_and_bb_stages_only(tmp_path, capsys):
     from pyro_sparse.reproduce import row_options, run
 
