@@ -297,3 +297,43 @@ def test_bb_trains_on_a_batchnorm_cnn(cifar_root):
     lenet = MeanFieldGuide(sparsify(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)), "bb",
                                     data.x_train[:2]))
     assert float(lenet.posterior("units.1_units.pi").mean[0]) == pytest.approx(0.2385, abs=1e-3)
+
+
+def test_dynamic_gate_fast_path_equals_eq_24():
+    """The compact DBB gate's affine form and in-place passes give Eq. 24 (E[π]·clamp(γ (h − μ)/s + E[β], ε, 1 − ε),
+    zero below the threshold, ≥ kept); its cache follows in-place changes of the buffers; it deep-copies after a
+    forward pass with gradients and runs on buffers made under inference_mode (issue 29)."""
+    import copy
+
+    from pyro_sparse.nn import DynamicGate
+
+    torch.manual_seed(0)
+    gate = DynamicGate(6, eps=1e-6, threshold=0.2)
+    with torch.no_grad():
+        gate.scale.copy_(torch.tensor([0.0, 0.3, 0.5, 0.9, 1.0, 0.2]))
+        gate.gamma.uniform_(0.5, 2)
+        gate.mean.normal_()
+        gate.std.uniform_(0.5, 2)
+        gate.beta.normal_()
+    x = torch.randn(7, 6, 3, 3, requires_grad=True)
+
+    def eq24(t):
+        h = t.flatten(2).mean(-1)
+        g = gate.scale * (gate.gamma * (h - gate.mean) / gate.std + gate.beta).clamp(gate.eps, 1 - gate.eps)
+        return torch.where(g >= gate.threshold, g, torch.zeros_like(g))
+
+    out = gate(x)
+    torch.testing.assert_close(out, x * eq24(x)[:, :, None, None], rtol=1e-6, atol=1e-7)
+    assert torch.equal(gate.last_active, (eq24(x) > 0).sum(1))
+    # g exactly at the threshold is kept (the papers' >=)
+    with torch.no_grad():
+        gate.scale[5], gate.beta[5], gate.gamma[5] = 0.25, 0.8, 0.0  # g = 0.25 * 0.8 = 0.2 for every input
+    assert torch.tensor(0.25) * torch.tensor(0.8) == torch.tensor(0.2)  # (in float32, as the gate computes it)
+    assert bool((gate(x)[:, 5] != 0).all())
+    copy.deepcopy(gate)  # after a forward pass that tracked gradients
+    with torch.no_grad():
+        gate.beta.add_(0.3)  # in place: the cached affine form must follow
+    torch.testing.assert_close(gate(x), x * eq24(x)[:, :, None, None], rtol=1e-6, atol=1e-7)
+    with torch.inference_mode():
+        frozen = copy.deepcopy(gate)  # buffers are inference tensors now
+        torch.testing.assert_close(frozen(x.detach()), gate(x.detach()))

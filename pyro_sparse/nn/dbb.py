@@ -137,7 +137,9 @@ class DynamicGate(nn.Module):
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(γ/s, β − γμ/s)``, recomputed when a buffer was replaced or written in place."""
         bufs = (self.gamma, self.std, self.mean, self.beta)
-        if torch.compiler.is_compiling():  # a traced graph computes them (no Python-side cache in a graph)
+        if torch.compiler.is_compiling() or any(b.is_inference() for b in bufs):
+            # a traced graph computes them (no Python-side cache in a graph); inference tensors (buffers made under
+            # torch.inference_mode) keep no version counter that would tell of an in-place change
             slope = self.gamma / self.std
             return slope, self.beta - self.mean * slope
         key = tuple((b.data_ptr(), b._version) for b in bufs)
@@ -159,5 +161,5 @@ class DynamicGate(nn.Module):
         g = torch.addcmul(shift, _summary(x), slope).clamp_(self.eps, 1 - self.eps).mul_(self.scale)
         g = nn.functional.threshold(g, self._threshold_below(), 0.0, inplace=True)
         if not torch.compiler.is_compiling():  # a record for reports, not part of an exported or compiled graph
-            self._last_gate = g
+            self._last_gate = g.detach()
         return x * _broadcast_units(g, x)
