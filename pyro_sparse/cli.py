@@ -289,7 +289,7 @@ def cmd_evaluate(a, argv, parser) -> int:
 
     from .compact import COMPACT_SPEC, load_compact, read_compact_spec
     from .data import load_dataset
-    from .metrics import classification_error, extra_test_errors, network_cost
+    from .metrics import classification_error, extra_test_errors, gate_fractions, network_cost
     from .runfiles import config_digest, read_config
 
     run = Path(a.run_dir)
@@ -308,7 +308,9 @@ def cmd_evaluate(a, argv, parser) -> int:
         raise RunDirError(f"the compact network of {run} takes inputs {list(shape)}, {cfg['dataset']} has "
                           f"{list(data.input_shape)}")
     err = classification_error(net, data.x_test.to(a.device), data.y_test.to(a.device))
-    units = [int(u) for u in network_cost(net, torch.zeros(2, *shape, device=a.device))["units"]]
+    fractions = gate_fractions(net, data.x_test)  # DBB: units active per example, averaged over the test set
+    cost = network_cost(net, torch.zeros(2, *shape, device=a.device), fractions)
+    units = [round(float(u), 2) if fractions else int(u) for u in cost["units"]]
     print(json.dumps({"run_dir": str(run), "dataset": cfg["dataset"], "test_error": err,
                       **extra_test_errors(net, data), "units": units}))
     return 0
