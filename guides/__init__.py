@@ -32,6 +32,7 @@ from torch import nn
 from pyro_sparse.distributions import LogUniform, TruncatedLogUniform
 from pyro_sparse.poutine import LocalReparameterizationMessenger
 from pyro_sparse.poutine.local import base_distribution
+from pyro_sparse.settings import switch
 
 from .bb import KumaraswamyUnits
 from .normal import NormalFamily
@@ -95,8 +96,9 @@ class MeanFieldGuide(PyroModule):
     SVD θ from a pretrained dense weight).
     """
 
-    #: ``False`` (set by the training engine inside its steps): no global draws for a model that draws every latent
-    #: per example; see :class:`~pyro_sparse.poutine.LocalReparameterizationMessenger` ``draw``
+    #: ``False``: no global draws for a model that draws every latent per example (the training engine switches them
+    #: off inside its steps through :func:`pyro_sparse.settings.training_switches`, without setting this attribute);
+    #: see :class:`~pyro_sparse.poutine.LocalReparameterizationMessenger` ``draw``
     global_draws = True
 
     def __init__(self, model: nn.Module, local: bool = True):
@@ -139,7 +141,7 @@ class MeanFieldGuide(PyroModule):
             return [sites[_key(name)].distribution() for name in names]
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        msngr = LocalReparameterizationMessenger(draw=self.global_draws) if self.local else None
+        msngr = LocalReparameterizationMessenger(draw=switch("global_draws", self.global_draws)) if self.local else None
         if msngr is not None:
             msngr.__enter__()
         try:

@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from pyro.poutine.runtime import get_plates
 from torch import nn
 
-from .settings import direct_reads
+from .settings import direct_reads, switch
 
 
 def sample_shape() -> tuple[int, ...]:
@@ -43,7 +43,8 @@ class Classifier(PyroModule):
     :raises ValueError: inputs of another shape than ``input_shape``.
 
     ``autocast_dtype`` (default None): in training mode, run :meth:`network` under ``torch.autocast`` with this
-    dtype (the training engine sets ``torch.bfloat16`` for ``TrainConfig(bf16=True)`` while it trains); the logits
+    dtype (the training engine switches ``torch.bfloat16`` on for ``TrainConfig(bf16=True)`` inside its steps, through
+    :func:`pyro_sparse.settings.training_switches`, without setting this attribute); the logits
     come back float32. Evaluation mode (``.eval()``, compaction) always runs in full precision.
     """
 
@@ -62,10 +63,11 @@ class Classifier(PyroModule):
         samples = sample_shape()
         if samples:  # S copies of the batch, one per sample of the latents
             x = x.expand(math.prod(samples), *x.shape).reshape(-1, *x.shape[1:])
-        if self.autocast_dtype is None or not self.training:
+        dtype = switch("autocast_dtype", self.autocast_dtype)
+        if dtype is None or not self.training:
             logits = self.network(x)
         else:  # the network's convolutions and matrix products in low precision; the likelihood in float32
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            with torch.autocast(x.device.type, dtype=dtype):
                 logits = self.network(x)
             logits = logits.float()
         if samples:

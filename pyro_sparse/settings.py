@@ -11,6 +11,7 @@ import torch
 from torch.distributions import transform_to
 
 _DIRECT_READS: ContextVar[bool] = ContextVar("pyro_sparse_direct_param_reads", default=False)
+_SWITCHES: ContextVar[tuple] = ContextVar("pyro_sparse_training_switches", default=())  # ((name, value), ...)
 
 
 @contextlib.contextmanager
@@ -63,6 +64,28 @@ def direct_param_reads() -> Iterator[None]:
 def direct_reads() -> bool:
     """Whether the caller is inside :func:`direct_param_reads` with module-local parameters on."""
     return _DIRECT_READS.get()
+
+
+@contextlib.contextmanager
+def training_switches(*, autocast_dtype: torch.dtype | None = None, global_draws: bool | None = None
+                      ) -> Iterator[None]:
+    """The training engine's switches for the block, read by the models and guides in it instead of attributes set on
+    the user's objects (issue 27): ``autocast_dtype`` — the network's forward pass in training mode under
+    ``torch.autocast`` with this dtype (:class:`pyro_sparse.model.Classifier`); ``global_draws`` — whether a guide
+    also draws every latent globally (``False`` for a model that draws every latent per example:
+    :class:`pyro_sparse.guides.MeanFieldGuide`). ``None`` leaves the object's own setting; nested blocks override."""
+    token = _SWITCHES.set((*_SWITCHES.get(), ("autocast_dtype", autocast_dtype), ("global_draws", global_draws)))
+    try:
+        yield
+    finally:
+        _SWITCHES.reset(token)
+
+
+def switch(name: str, own):
+    """The value of training switch ``name`` inside :func:`training_switches` where it is set, else ``own`` (the
+    object's own attribute)."""
+    value = dict(_SWITCHES.get()).get(name)  # (the innermost block's entries come last and win)
+    return own if value is None else value
 
 
 def param_value(module: torch.nn.Module, name: str) -> torch.Tensor:

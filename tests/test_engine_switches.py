@@ -87,9 +87,13 @@ def test_bf16_autocast_covers_the_network_only():
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in [*model.parameters(), *guide.parameters()])
     model.autocast_dtype = None
     data = _images(40, (1, 28, 28))
+    dtypes = []
+    out_layer.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    during = []  # the attribute as the user's model holds it while the engine trains
     metrics = fit(model, guide, data, TrainConfig(epochs=1, batch_size=20, bf16=True, measure_latency=False),
-                  progress=False)
-    assert model.autocast_dtype is None  # switched on for the training loop only
+                  progress=False, callback=lambda record: during.append(model.autocast_dtype))
+    assert torch.bfloat16 in dtypes  # the engine's steps ran the network in bf16 (its evaluation in float32) ...
+    assert during == [None] and model.autocast_dtype is None  # ... through a switch, not by setting the attribute
     assert torch.isfinite(torch.tensor(metrics["nll"]))
 
 
@@ -133,9 +137,11 @@ def test_engine_steps_skip_the_global_draws_the_model_throws_away():
     guide.global_draws = True
     trace = pyro.poutine.trace(guide).get_trace(x, y)
     assert all(torch.isfinite(s["value"]).all() for s in trace.nodes.values() if s["type"] == "sample")
+    during = []
     fit(model, guide, Dataset("d", torch.rand(40, 64), torch.randint(0, 10, (40,)), x, y, 10),
-        TrainConfig(epochs=1, batch_size=20, measure_latency=False), progress=False)
-    assert guide.global_draws  # restored after training
+        TrainConfig(epochs=1, batch_size=20, measure_latency=False), progress=False,
+        callback=lambda record: during.append(guide.global_draws))
+    assert during == [True] and guide.global_draws  # switched off inside the steps, never set on the guide
 
 
 def test_cli_switches_are_recorded(tmp_path, capsys):

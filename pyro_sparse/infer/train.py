@@ -47,7 +47,7 @@ from ..runfiles import (
     load_checkpoint,
 )
 from ..runfiles import recover as recover_run_dir
-from ..settings import direct_param_reads, module_local_params, prepare_module_local
+from ..settings import direct_param_reads, module_local_params, prepare_module_local, training_switches
 from ..sparsify import SparseModel
 from . import distributed
 from .elbo import SparseELBO
@@ -270,26 +270,23 @@ class Objective(nn.Module):
 
 @contextlib.contextmanager
 def _training_switches(model, guide, cfg: TrainConfig):
-    """For the training loop only: bf16 autocast of the network's forward, ``torch.compile`` of the network, and no
-    global guide draws that the model would throw away."""
+    """For the training loop only: bf16 autocast of the network's forward and no global guide draws that the model
+    would throw away — switches the model and guide read (:func:`pyro_sparse.settings.training_switches`), not
+    attributes set on them — and ``torch.compile`` of the network (the one switch that lives on the module: torch
+    keeps the compiled forward there; undone on exit)."""
     if (cfg.bf16 or cfg.compile) and not isinstance(model, Classifier):
         raise InvalidInputError(f"bf16 and compile need a pyro_sparse model (Classifier, SparseModel) with a network "
                                 f"in .net; got {type(model).__name__}")
-    autocast, draws = getattr(model, "autocast_dtype", None), getattr(guide, "global_draws", None)
-    if cfg.bf16:
-        model.autocast_dtype = torch.bfloat16
-    if draws is not None:  # a SparseModel draws every latent per example: global draws would be thrown away
-        guide.global_draws = not isinstance(model, SparseModel)
     compiled = cfg.compile and not getattr(model.net, "_compiled_call_impl", None)
     if compiled:
         model.net.compile()
+    # a SparseModel draws every latent per example: global draws would be thrown away
+    switches = training_switches(autocast_dtype=torch.bfloat16 if cfg.bf16 else None,
+                                 global_draws=False if isinstance(model, SparseModel) else None)
     try:
-        yield
+        with switches:
+            yield
     finally:
-        if cfg.bf16:
-            model.autocast_dtype = autocast
-        if draws is not None:
-            guide.global_draws = draws
         if compiled:
             model.net._compiled_call_impl = None  # back to eager: compact() and evaluation deep-copy the net
 
