@@ -247,4 +247,6 @@ class Select(nn.Module):
         self.register_buffer("index", index.long())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [B, F]: gather rows of xᵀ, a view of x; onnxruntime gathers rows (axis 0) ~5x faster than
+            return x.t().index_select(0, self.index).t()  # along the last axis, torch as fast (issue 29)
         return x.index_select(-1, self.index)
