@@ -168,13 +168,19 @@ def _train(model, guide, x, y, steps: int = 2):
     assert torch.isfinite(loss)
 
 
-#: (arch, method) → (compact network, its training images), filled by test_zoo; test_export reads them
-_COMPACT: dict[tuple[str, str], tuple[nn.Module, torch.Tensor]] = {}
+#: (arch, method) → the zoo case, built once per session by whichever test asks first (test_zoo, test_export)
+_CASES: dict[tuple[str, str], tuple] = {}
 
 
 def _zoo_case(arch: str, method: str):
     """``(net, its state before, model, guide, compact network, images)`` of one zoo case: sparsify, 2 SVI steps,
-    forced pruning, compact."""
+    forced pruning, compact (built once per session)."""
+    if (arch, method) not in _CASES:
+        _CASES[arch, method] = _build_zoo_case(arch, method)
+    return _CASES[arch, method]
+
+
+def _build_zoo_case(arch: str, method: str):
     x, y = _images(arch)
     net = ZOO[arch]()
     before = copy.deepcopy(net.state_dict())
@@ -184,15 +190,12 @@ def _zoo_case(arch: str, method: str):
         _train(model, guide, x, y)
         force_prune(guide)
         small = compact(model, guide, probe=x)
-    _COMPACT[arch, method] = small, x
     return net, before, model, guide, small, x
 
 
 def compact_zoo(arch: str, method: str) -> tuple[nn.Module, torch.Tensor]:
     """The compact network of a zoo case and its images (built once per session)."""
-    if (arch, method) not in _COMPACT:
-        _zoo_case(arch, method)
-    return _COMPACT[arch, method]
+    return _zoo_case(arch, method)[4:]
 
 
 @pytest.mark.parametrize("method", METHODS)
