@@ -193,7 +193,14 @@ def _run_dir_parsers(sub) -> None:
     e.add_argument("run_dir")
     e.add_argument("--data-root", default=None)
     e.add_argument("--device", default="cpu")
-    for q in (r, e):
+    x = sub.add_parser("export", help="write the compact network of DIR (a run or save_compact folder) as ONNX or a "
+                                      "torch.export program, checked against the network")
+    x.add_argument("run_dir", metavar="DIR")
+    x.add_argument("out", metavar="FILE", help="the file to write (.onnx, .pt2)")
+    x.add_argument("--format", choices=["onnx", "torch.export"], default="onnx")
+    x.add_argument("--dense", action="store_true", help="ONNX: store every weight dense (for runtimes that do not "
+                                                        "read sparse initializers)")
+    for q in (r, e, x):
         q.add_argument("--arch", type=_arch, default=None, metavar="ARCH",
                        help="package.module:factory of the user's architecture the run records (it is imported)")
         q.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
@@ -353,7 +360,26 @@ def cmd_reproduce(a, argv, parser) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce}
+def cmd_export(a, argv, parser) -> int:
+    import json
+
+    import torch
+
+    from .compact import COMPACT_SPEC, load_compact, read_compact_spec
+    from .export import export
+
+    run = Path(a.run_dir)
+    info = read_compact_spec(run)
+    recorded = info["factory"].get("name") if isinstance(info["factory"], dict) else None
+    net = load_compact(run, factory=_arch_factory(a, str(recorded), run / COMPACT_SPEC), trust_code=a.trust_code)
+    path = export(net, a.out, torch.zeros(2, *info["input_shape"]), format=a.format, sparse=not a.dense)
+    print(json.dumps({"file": str(path), "format": a.format, "bytes": path.stat().st_size,
+                      "input_shape": ["batch", *info["input_shape"]]}))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

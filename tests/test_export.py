@@ -133,3 +133,21 @@ def test_onnx_stores_mostly_zero_weights_sparse(tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: held_out.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, small(held_out).numpy(), rtol=0, atol=1e-5)
+
+
+def test_export_command(tmp_path, capsys):
+    """``pyro-sparse export DIR FILE``: a committed compact network to ONNX (checked), its size printed; bad input is
+    one line and exit status 2."""
+    import json
+    from pathlib import Path
+
+    from conftest import cli_error
+
+    from pyro_sparse.cli import main
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "lenet500_svd_pb"
+    assert main(["export", str(folder), str(tmp_path / "net.onnx")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["bytes"] == (tmp_path / "net.onnx").stat().st_size and out["input_shape"] == ["batch", 1, 28, 28]
+    assert "holds no compact network" in cli_error(["export", str(tmp_path), str(tmp_path / "a.onnx")], capsys)
+    assert "does not exist" in cli_error(["export", str(folder), str(tmp_path / "no" / "a.onnx")], capsys)
