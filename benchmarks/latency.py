@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -80,25 +79,9 @@ def _engine(name: str, full, compact, x: torch.Tensor, tmp: Path, threads: int):
     return runs[0], runs[1]
 
 
-def _time_pair(run_full, run_compact, repeats: int, warmup: int = 5) -> tuple[float, float]:
-    for _ in range(warmup):
-        run_full()
-        run_compact()
-    t_full, t_comp = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_full()
-        t1 = time.perf_counter()
-        run_compact()
-        t2 = time.perf_counter()
-        t_full.append(t1 - t0)
-        t_comp.append(t2 - t1)
-    return statistics.median(t_full), statistics.median(t_comp)
-
-
 def measure(directory: str, engines: list[str], batches: list[int], threads: int, repeats: int) -> dict:
     """One process's measurement of one directory: milliseconds and ratios per engine and batch size."""
-    from pyro_sparse.metrics import network_cost
+    from pyro_sparse.metrics import network_cost, time_alternately
 
     torch.set_num_threads(threads)
     full, compact, shape, info = _networks(directory)
@@ -113,7 +96,7 @@ def measure(directory: str, engines: list[str], batches: list[int], threads: int
             for bs in batches:
                 x = torch.rand(bs, *shape)
                 run_full, run_compact = _engine(engine, full, compact, x, Path(tmp), threads)
-                t_full, t_comp = _time_pair(run_full, run_compact, repeats)
+                t_full, t_comp = time_alternately(run_full, run_compact, repeats)
                 row[f"{engine}_b{bs}"] = {"full_ms": 1e3 * t_full, "compact_ms": 1e3 * t_comp,
                                           "speedup": t_full / t_comp}
     return row

@@ -277,6 +277,18 @@ def _print_summary(m: dict) -> None:
     )
 
 
+def _load_compact_arg(a, device: str = "cpu"):
+    """The compact network of ``a.run_dir`` (a run or a save_compact folder), rebuilt under the trust rule: the
+    architecture it records, the user's ``--arch`` (checked against the record) or ``--trust-code``."""
+    from .compact import COMPACT_SPEC, load_compact, read_compact_spec
+
+    run = Path(a.run_dir)
+    info = read_compact_spec(run)
+    recorded = info["factory"].get("name") if isinstance(info["factory"], dict) else None
+    factory = _arch_factory(a, str(recorded), run / COMPACT_SPEC)
+    return load_compact(run, factory=factory, device=device, trust_code=a.trust_code)
+
+
 def _arch_factory(a, recorded: str, source) -> object:
     """The user's factory that ``--arch`` names (imported: the command line is the caller's), checked against the
     architecture ``source`` records; ``None`` without ``--arch``."""
@@ -294,7 +306,7 @@ def cmd_evaluate(a, argv, parser) -> int:
 
     import torch
 
-    from .compact import COMPACT_SPEC, load_compact, read_compact_spec
+    from .compact import COMPACT_SPEC, read_compact_spec
     from .data import load_dataset
     from .metrics import classification_error, extra_test_errors, gate_fractions, network_cost
     from .runfiles import config_digest, read_config
@@ -302,13 +314,10 @@ def cmd_evaluate(a, argv, parser) -> int:
     run = Path(a.run_dir)
     cfg = read_config(run)
     _check_device(a.device)
-    info = read_compact_spec(run)
-    recorded = info["factory"].get("name") if isinstance(info["factory"], dict) else None
-    factory = _arch_factory(a, str(recorded), run / COMPACT_SPEC)
-    if info.get("config_sha256") not in (None, config_digest(run)):
+    if read_compact_spec(run).get("config_sha256") not in (None, config_digest(run)):
         raise RunDirError(f"the compact network in {run} belongs to another run: {COMPACT_SPEC} was written under "
                           "another config.json (SHA-256 differs)")
-    net = load_compact(run, factory=factory, device=a.device, trust_code=a.trust_code)
+    net = _load_compact_arg(a, a.device)
     shape = tuple(net.pyro_sparse_compact["input_shape"])
     data = load_dataset(cfg["dataset"], a.data_root or cfg.get("data_root"))
     if tuple(data.input_shape) != shape:
@@ -365,16 +374,13 @@ def cmd_export(a, argv, parser) -> int:
 
     import torch
 
-    from .compact import COMPACT_SPEC, load_compact, read_compact_spec
     from .export import export
 
-    run = Path(a.run_dir)
-    info = read_compact_spec(run)
-    recorded = info["factory"].get("name") if isinstance(info["factory"], dict) else None
-    net = load_compact(run, factory=_arch_factory(a, str(recorded), run / COMPACT_SPEC), trust_code=a.trust_code)
-    path = export(net, a.out, torch.zeros(2, *info["input_shape"]), format=a.format, sparse=not a.dense)
+    net = _load_compact_arg(a)
+    shape = net.pyro_sparse_compact["input_shape"]
+    path = export(net, a.out, torch.zeros(2, *shape), format=a.format, sparse=not a.dense)
     print(json.dumps({"file": str(path), "format": a.format, "bytes": path.stat().st_size,
-                      "input_shape": ["batch", *info["input_shape"]]}))
+                      "input_shape": ["batch", *shape]}))
     return 0
 
 

@@ -274,18 +274,24 @@ def compare_latency(full: nn.Module, compact: nn.Module, input_shape: tuple[int,
     repeat) so that drifts of machine load or clock hit both alike."""
     full, compact = full.cpu().eval(), compact.cpu().eval()
     x = torch.rand(batch_size, *input_shape)
+    return time_alternately(lambda: full(x), lambda: compact(x), repeats, warmup)
+
+
+def time_alternately(run_a, run_b, repeats: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Median seconds of two zero-argument callables, called alternately (one call of each per repeat, after
+    ``warmup`` calls of each) so that drifts of machine load hit both alike."""
     for _ in range(warmup):
-        full(x)
-        compact(x)
-    t_full, t_comp = [], []
+        run_a()
+        run_b()
+    t_a, t_b = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        full(x)
+        run_a()
         t1 = time.perf_counter()
-        compact(x)
+        run_b()
         t2 = time.perf_counter()
-        t_full.append(t1 - t0)
-        t_comp.append(t2 - t1)
-    return statistics.median(t_full), statistics.median(t_comp)
+        t_a.append(t1 - t0)
+        t_b.append(t2 - t1)
+    return statistics.median(t_a), statistics.median(t_b)
 
 
