@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue 16, for a session that is lent a GPU machine (nvidia-h200: Python 3.12 with
-# torch, pytest and hypothesis, no network). Two steps:
+# The one prepared GPU check (issues 16 and 25), for a session that is lent a GPU machine (nvidia-h200: Python 3.12
+# with torch, pytest and hypothesis, no network; about 6 minutes). Two steps:
 #   1. here, on the CPU machine:  bash benchmarks/gpu_check.sh --prepare
 #      (downloads the pure-Python wheels the GPU image lacks into .whl/, which .gitignore keeps out of git)
-#   2. device run, with carry [".whl"] and a timeout of ~540 s:  bash benchmarks/gpu_check.sh
-#      -> $OUT/ (or benchmarks/gpu/): pytest's log, gpu_epoch.json (fp32) and gpu_epoch_bf16_compile.json
+#   2. device run, with carry [".whl"] and a timeout of ~420 s:  bash benchmarks/gpu_check.sh
+#      -> $OUT/ (or benchmarks/gpu/): summary.txt (nvidia-smi, exit codes), pytest_cuda.log, epoch_fp32.json,
+#         epoch_bf16_cl.json, epoch_bf16_cl_compile.json and all.log (install and benchmark output)
 # What it checks: the CUDA tests (steps free of host-device syncs under torch.cuda.set_sync_debug_mode("error");
 # every method trains, compacts, saves and resumes on cuda: tests/test_device.py) and benchmarks/gpu_epoch.py
-# (epoch seconds per method, LeNet-500-300 and VGG-like k = 1, plain PyTorch beside; then bf16 + compile).
+# (epoch seconds per method, VGG-like k = 1 and LeNet-500-300, plain PyTorch beside, on 10,000 synthetic examples per
+# timed epoch extrapolated to the full one: fp32; bf16 + channels_last; bf16 + channels_last + compile). Each part
+# has its own time limit and writes its rows as it goes, so a slow part costs only its own rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
@@ -17,20 +20,32 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 out="${OUT:-benchmarks/gpu}"
 mkdir -p "$out"
+log="$out/all.log"
 {
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
   python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
-} > "$out/install.log" 2>&1
+} > "$log" 2>&1
+echo "install: exit $?" >> "$out/summary.txt"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYRO_SPARSE_DATA=/nonexistent
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_sync_free.py tests/test_device.py -k cuda \
-  > "$out/pytest_cuda.log" 2>&1
-echo "pytest cuda: exit $?" | tee -a "$out/summary.txt"
-timeout 200 python3 benchmarks/gpu_epoch.py --device cuda --epochs 2 --out "$out/gpu_epoch.json" \
-  > "$out/gpu_epoch.log" 2>&1
-echo "gpu_epoch fp32: exit $?" | tee -a "$out/summary.txt"
-timeout 120 python3 benchmarks/gpu_epoch.py --device cuda --epochs 2 --bf16 --compile --nets vgg_like \
-  --out "$out/gpu_epoch_bf16_compile.json" > "$out/gpu_epoch_bf16_compile.log" 2>&1
-echo "gpu_epoch bf16+compile: exit $?" | tee -a "$out/summary.txt"
-tail -n 3 "$out"/*.log
+nvidia-smi >> "$out/summary.txt" 2>&1
+python3 -c "import torch, pyro, torch_pruning; print('torch', torch.__version__, 'pyro', pyro.__version__)" \
+  >> "$out/summary.txt" 2>&1
+step() {  # step NAME SECONDS COMMAND...: run under a time limit, record its exit code
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >> "$log" 2>&1
+  echo "$name: exit $? in $((SECONDS - t0)) s (limit $limit s)" | tee -a "$out/summary.txt"
+}
+t0=$SECONDS
+timeout 100 python3 -m pytest -q -p no:cacheprovider --durations=10 tests/test_sync_free.py tests/test_device.py \
+  -k cuda > "$out/pytest_cuda.log" 2>&1
+echo "pytest cuda: exit $? in $((SECONDS - t0)) s (limit 100 s)" | tee -a "$out/summary.txt"
+# a dry run on the CPU machine: GPU_CHECK_DEVICE=cpu GPU_CHECK_EXAMPLES=200 OUT=/tmp/gc bash benchmarks/gpu_check.sh
+E="python3 benchmarks/gpu_epoch.py --device ${GPU_CHECK_DEVICE:-cuda} --epochs 2 --examples ${GPU_CHECK_EXAMPLES:-10000}"
+step "fp32" 100 $E --nets vgg_like lenet500 --methods bb svd sbp dbb --out "$out/epoch_fp32.json"
+step "bf16+channels_last" 45 $E --nets vgg_like --methods bb svd sbp dbb --bf16 --channels-last \
+  --out "$out/epoch_bf16_cl.json"
+step "bf16+channels_last+compile" 110 $E --nets vgg_like --methods bb dbb svd sbp --bf16 --channels-last --compile \
+  --out "$out/epoch_bf16_cl_compile.json"
+grep '^{"arch"' "$log" >> "$out/summary.txt"

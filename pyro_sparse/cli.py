@@ -154,6 +154,8 @@ def _engine_options(t) -> None:
                    help="on-device augmentation of image batches: random 4-pixel crops and horizontal flips")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network's forward pass")
     t.add_argument("--compile", action="store_true", help="torch.compile the network for training")
+    t.add_argument("--channels-last", action="store_true",
+                   help="image batches in channels_last memory format (faster cuDNN convolutions on a GPU)")
     t.add_argument("--no-latency", action="store_true", help="skip the latency measurement in metrics.json")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.add_argument("--progress-every", type=int, metavar="K",

@@ -121,6 +121,25 @@ def test_compile_switch_trains_through_the_compiled_network(monkeypatch):
     assert results[0]["nll"] == pytest.approx(results[1]["nll"], rel=1e-6)  # same computation
 
 
+def test_channels_last_hands_the_network_channels_last_batches():
+    data = _images(40, (3, 32, 32))
+    results, formats = [], []
+    for flag in (False, True):
+        pyro.set_rng_seed(0)
+        model = build_model("vgg_like", "sbp", (3, 32, 32), 10, arch_options={"k": 0.125})
+        first_conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = first_conv.register_forward_hook(
+            lambda m, i, o, flag=flag: formats.append((flag, i[0].is_contiguous(memory_format=torch.channels_last)
+                                                       and not i[0].is_contiguous())) if m.training else None)
+        results.append(fit(model, MeanFieldGuide(model), data, TrainConfig(
+            epochs=1, batch_size=40, channels_last=flag, augment="crop-flip", measure_latency=False), progress=False))
+        hook.remove()
+    assert {f for _, f in formats if _ is False} == {False} and {f for _, f in formats if _ is True} == {True}
+    assert results[0]["nll"] == pytest.approx(results[1]["nll"], rel=1e-5)  # one step: the same computation
+    with pytest.raises(InvalidInputError, match="channels-last must be True or False"):
+        TrainConfig(channels_last="yes").validate()
+
+
 def test_engine_steps_skip_the_global_draws_the_model_throws_away():
     pyro.set_rng_seed(0)
     model = build_model("lenet300", "sbp", (64,), 10, num_data=100)
