@@ -58,8 +58,8 @@ def measure(arch: str, method: str, a) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     data = Dataset("synthetic", torch.rand(n, *shape, generator=g, device=device),
                    torch.randint(0, 10, (n,), generator=g, device=device),
-                   torch.rand(200, *shape, generator=g, device=device),
-                   torch.randint(0, 10, (200,), generator=g, device=device), 10)
+                   torch.rand(200, *shape, generator=g, device=device).cpu(),  # test data on the CPU, as
+                   torch.randint(0, 10, (200,), generator=g, device=device).cpu(), 10)  # load_dataset gives it
     pyro.set_rng_seed(0)
     model = sparsify(nets.build(arch, shape, 10, **kwargs), method, data.x_train[:2].cpu(), num_data=n)
     guide = MeanFieldGuide(model)

@@ -34,14 +34,15 @@ from .errors import InvalidInputError
 
 @torch.inference_mode()
 def classification_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Percent (0–100) of examples in ``x [N, ...]`` whose arg-max prediction differs from ``y [N]``."""
+    """Percent (0–100) of examples in ``x [N, ...]`` whose arg-max prediction differs from ``y [N]``; ``x`` and ``y``
+    on any device (each chunk goes to the network's), one host read at the end."""
     net.eval()
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    wrong = 0
+    wrong = torch.zeros((), dtype=torch.long, device=device)
     for i in range(0, x.shape[0], batch_size):
         logits = net(x[i : i + batch_size].to(device))
-        wrong += int((logits.argmax(-1).cpu() != y[i : i + batch_size]).sum())
-    return 100.0 * wrong / max(1, x.shape[0])
+        wrong += (logits.argmax(-1) != y[i : i + batch_size].to(device)).sum()
+    return 100.0 * int(wrong) / max(1, x.shape[0])
 
 
 _RELU = (F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_)
