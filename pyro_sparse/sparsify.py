@@ -439,6 +439,7 @@ class SparseModel(Classifier):
         cache: dict[str, torch.Tensor] = {}
         handles = []
         units = self.units
+        compiled = getattr(net, "_compiled_call_impl", None) is not None
         for key, places in self.placements.items():
             unit = units[key]
             for p in places:
@@ -462,6 +463,8 @@ class SparseModel(Classifier):
                         return apply_units(t.movedim(-1, 1)).movedim(1, -1)
                     return apply_units(t)
 
+                if compiled:  # a compiled network runs the hooks eagerly: the graph breaks at each draw (Pyro's
+                    apply = torch.compiler.disable(apply)  # handlers are untraceable), but is never recompiled
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
                     handles.append(module.register_forward_hook(lambda mod, i, o, apply=apply: apply(o),
                                                                 prepend=True))

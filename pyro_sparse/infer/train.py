@@ -91,7 +91,10 @@ class TrainConfig:
         products; logits, likelihood, KL and the distributions stay float32/float64). Off by default: it changes
         results.
     :ivar compile: ``torch.compile`` the user's network (``nn.Module.compile``: parameter names and checkpoints
-        unchanged) for training. Off by default; the first step then compiles (a minute on a CPU).
+        unchanged) for training. Off by default; the first step then compiles (a minute on a CPU). The unit latents'
+        hooks draw through Pyro, which dynamo cannot trace: they run eagerly, so the graph breaks at every unit
+        layer and the segments between them are compiled (once, in the first step). SVD's local reparameterisation
+        compiles whole.
     :ivar channels_last: hand the network its image batches (``[B, C, H, W]``) in ``torch.channels_last`` memory
         format, which cuDNN's convolutions (bf16 above all) run faster on a GPU; the convolutions' outputs follow the
         input's format. Same values up to floating-point rounding; off by default.
