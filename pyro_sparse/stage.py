@@ -345,7 +345,8 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
             print(f"pyro-sparse: note: {out} had a stale lock of process {lock.stale_pid}, which is not running; "
                   "taken over", file=sys.stderr)
         if not a.resume:
-            _write_config(a, method_source, epochs, cfg, data, net_kwargs)
+            _write_config(a, method_source, epochs, cfg, data, net_kwargs,
+                          [name for name, p in guide.named_parameters() if not p.requires_grad])
         try:
             return fit(model, guide, data, cfg, out, resume=a.resume, progress=not a.quiet,
                        meta={"method": a.method, "arch": a.arch, "dataset": a.dataset, "init_from": a.init_from})
@@ -427,8 +428,17 @@ def _stage_model(a: _Options, data, cfg, factory):
                             **net_kwargs)
     except ValueError as e:
         _fail(f"{e} (dataset {a.dataset})")
-    init_guide = _init_from(a, model, data) if a.init_from else {}
+    recorded = _recorded_freeze(a)
+    init_guide = _init_from(a, model, data) if a.init_from and recorded is None else {}
     guide = MeanFieldGuide(model)
+    if recorded is not None:  # a resume: the checkpoint holds the state; only the source's freezing is re-applied
+        params = dict(guide.named_parameters())
+        unknown = sorted(set(recorded) - set(params))
+        if unknown:
+            _fail(f"--resume: {Path(a.out) / CONFIG} freezes guide parameters {', '.join(unknown)} that this "
+                  f"{a.method} model has not; the file is damaged or was edited")
+        for name in recorded:
+            params[name].requires_grad_(False)
     if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
         own = guide.state_dict()
         shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
@@ -445,7 +455,24 @@ def _stage_model(a: _Options, data, cfg, factory):
     return model, guide, net_kwargs
 
 
-def _write_config(a: _Options, method_source: str | None, epochs: int, cfg, data, net_kwargs: dict) -> None:
+def _recorded_freeze(a: _Options) -> list[str] | None:
+    """On a resume whose checkpoint exists: the guide parameters the run froze at its start (``config.json``'s
+    ``frozen``, e.g. DBB's π from its BB run), so the source run (``init_from``) need not exist any more; ``None``
+    when the source must be read (a new run, no checkpoint yet, or a config from before the key)."""
+    from .runfiles import CHECKPOINT, CONFIG, read_config
+
+    if not (a.resume and a.init_from and (Path(a.out) / CHECKPOINT).is_file()):
+        return None
+    frozen = read_config(a.out).get("frozen")
+    if frozen is None:
+        return None
+    if not isinstance(frozen, list) or not all(isinstance(n, str) for n in frozen):
+        _fail(f"--resume: {Path(a.out) / CONFIG}: entry 'frozen' is not a list of names; the file is damaged")
+    return frozen
+
+
+def _write_config(a: _Options, method_source: str | None, epochs: int, cfg, data, net_kwargs: dict,
+                  frozen: list[str]) -> None:
     """``config.json`` of a new run (under the run's lock): everything that rebuilds and reproduces it."""
     from .data import resolve_root
     from .runfiles import CONFIG, CONFIG_FORMAT, atomic_write_json, is_fresh
@@ -472,6 +499,8 @@ def _write_config(a: _Options, method_source: str | None, epochs: int, cfg, data
         record["arch_options"] = arch_options
     if method_source:
         record["method_source"] = method_source
+    if a.init_from:  # what the source run's freezing rule froze: a resume re-applies it without the source
+        record["frozen"] = frozen
     atomic_write_json(record, out / CONFIG)
 
 

@@ -368,3 +368,42 @@ def test_reproduce_cifar10_tables_smoke(cifar_root, tmp_path, capsys):
     model, _, _ = load_run(out / "seed0" / "bd+svd-fc")  # the recorded selector and arch options rebuild the model
     assert sorted(model.weight_layers.values()) == ["fc1", "fc2", "fc3"]
     assert "fc compression" in (out / "table.md").read_text().lower()
+
+
+def test_resume_needs_no_source_run_and_keeps_what_it_froze(tmp_path, monkeypatch):
+    """A DBB run freezes its BB source's π posterior; interrupted, it resumes after the BB run was moved away (the
+    checkpoint holds the state; config.json's ``frozen`` names what stays frozen), and the π it trains on is the
+    BB run's."""
+    import pyro_sparse.infer as infer
+
+    bb, dbb = tmp_path / "bb", tmp_path / "dbb"
+    base = ["train", "--arch", "lenet300", "--dataset", "digits", "--no-latency", "--quiet"]
+    assert main([*base, "--method", "bb", "--epochs", "1", "--out", str(bb)]) == 0
+    real_fit = infer.fit
+
+    def stop_after_first_epoch(*args, **kwargs):
+        def stop(record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+        return real_fit(*args, callback=stop, **kwargs)
+
+    monkeypatch.setattr(infer, "fit", stop_after_first_epoch)
+    dbb_args = [*base, "--method", "dbb", "--epochs", "3", "--init-from", str(bb), "--out", str(dbb)]
+    assert main(dbb_args) == 130
+    frozen = json.loads((dbb / "config.json").read_text())["frozen"]
+    assert frozen and all(".pi" in name or "pi" in name for name in frozen)
+    bb_pi = {k: v for k, v in torch.load(bb / "checkpoint.pt", weights_only=True)["guide"].items() if k in frozen}
+    bb.rename(tmp_path / "elsewhere")
+    seen = {}
+
+    def spy(model, guide, *args, **kwargs):
+        result = real_fit(model, guide, *args, **kwargs)
+        seen.update(requires_grad={n: p.requires_grad for n, p in guide.named_parameters()},
+                    pi={n: p.detach().clone() for n, p in guide.named_parameters() if n in frozen})
+        return result
+
+    monkeypatch.setattr(infer, "fit", spy)
+    assert main([*dbb_args, "--resume"]) == 0
+    assert {n for n, g in seen["requires_grad"].items() if not g} == set(frozen)
+    assert set(seen["pi"]) == set(bb_pi) and all(torch.equal(seen["pi"][n], bb_pi[n]) for n in bb_pi)
+    assert len((dbb / "log.jsonl").read_text().splitlines()) == 3
