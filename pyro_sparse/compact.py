@@ -53,6 +53,7 @@ from .errors import (
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DynamicGate, Select
+from .nn.attention import PrunedMultiheadAttention
 from .sparsify import (
     SparseModel,
     _attention_projections,
@@ -71,6 +72,8 @@ READ_FORMATS = ("pyro-sparse-compact/3", COMPACT_FORMAT)
 INFO_ATTR = "pyro_sparse_compact"
 #: entries of compact.json that describe the tensor file, not the network
 _FILE_KEYS = ("tensors", "sha256", "sparse")
+#: the most heads one attention layer of a compact network file may keep
+MAX_HEADS = 4096
 
 
 def _fold(net: nn.Module, where: str, path: str, index, root_index, factor: torch.Tensor) -> None:
@@ -98,7 +101,8 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     :param probe: float inputs ``[B, *input_shape]`` for the self-check (default: the model's ``example_input``).
     :param rtol, atol: tolerance of the self-check (``atol`` relative to the largest logit, at least 1), ``>= 0``.
     :returns: a plain ``nn.Module`` in eval mode, on the model's device, with ``pyro_sparse_compact`` (a dict:
-        ``units`` kept per latent, ``units_full``, the pruning ``history``, ``selects``, ``gates``, ``factory``).
+        ``units`` kept per latent, ``units_full``, the pruning ``history``, ``selects``, ``gates``, ``factory``,
+        ``heads`` kept per pruned attention layer).
     :raises InvalidInputError: not a pyro-sparse model, no guide or the guide of another model, a threshold the
         model has no rule for, a probe of the wrong shape or dtype, a negative tolerance.
     :raises CompactMismatchError: the compact network differs from the eval-mode model on the probe batch.
@@ -120,7 +124,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         layer = net.get_submodule(module)
         del layer.weight  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
         layer.weight = nn.Parameter(w.clone())
-    prune_root, dynamic, kept_units = _fold_units(model, guide, net, unit_threshold)
+    prune_root, dynamic, kept_units, kept_heads = _fold_units(model, guide, net, unit_threshold)
     try:
         dg = dependency_graph(net, example)
     except UnsupportedModelError:
@@ -130,13 +134,14 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     alive, grouped_inputs = _prune_channels(net, dg, example, prune_root) if dg is not None else ({}, set())
     selects = _select_inputs(net, grouped_inputs, alive)
     gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device)
+    _prune_heads(net, kept_heads)
     net.eval()
     info = {
         "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
         "units": kept_units, "units_full": {key: model.units[key].num_units for key in model.placements},
         "history": [[n, bool(o), list(map(int, i))] for n, o, i in (dg.pruning_history() if dg else [])],
         "selects": selects, "gates": gates,
-        "factory": getattr(model.net, nets.FACTORY_ATTR, None),
+        "factory": getattr(model.net, nets.FACTORY_ATTR, None), "heads": kept_heads,
     }
     setattr(net, INFO_ATTR, info)
     _check(net, model, example if probe is None else probe, rtol, atol)
@@ -167,17 +172,19 @@ def _dense_compact(model, weight_threshold, unit_threshold) -> nn.Module:
     net = full_network(model)
     setattr(net, INFO_ATTR, {"format": COMPACT_FORMAT, "method": "dense", "input_shape": list(model.input_shape),
                              "units": {}, "units_full": {}, "history": [], "selects": {}, "gates": {},
-                             "factory": getattr(model.net, nets.FACTORY_ATTR, None)})
+                             "factory": getattr(model.net, nets.FACTORY_ATTR, None), "heads": {}})
     return net
 
 
 def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
     """Fold every unit latent's test-time multiplier into ``net`` (pruned units: 0; DBB: 1, its gate stays);
-    returns ``(pruned channels per group root, DBB gates to attach, units kept per latent)``."""
+    returns ``(pruned channels per group root, DBB gates to attach, units kept per latent, kept heads per attention
+    layer)``."""
     group_of = {g.unit: g for g in model.groups if g.unit is not None}
     prune_root: dict[str, set[int]] = {}
     dynamic: dict[str, tuple] = {}
     kept_units: dict[str, int] = {}
+    kept_heads: dict[str, list[int]] = {}
     for key, places in model.placements.items():
         unit = model.units[key]
         post = model.unit_posterior(key, guide)
@@ -187,11 +194,23 @@ def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
         for p in places:
             _fold(net, p.where, p.module, p.index, p.root_index, factor)
         kept_units[key] = int(keep.sum())
+        for p in places:
+            if p.where == "heads":  # at least one (zeroed) head, so that the layer keeps a valid shape
+                kept_heads[p.module] = keep.nonzero().flatten().tolist() or [0]
         if key in group_of:
             prune_root[group_of[key].root] = set((~keep).nonzero().flatten().tolist())
         if is_dynamic:
             dynamic[key] = (unit, post, places[0])
-    return prune_root, dynamic, kept_units
+    return prune_root, dynamic, kept_units, kept_heads
+
+
+def _prune_heads(net: nn.Module, kept: dict[str, list[int]]) -> None:
+    """Replace each ``nn.MultiheadAttention`` named in ``kept`` by a :class:`PrunedMultiheadAttention` holding only
+    its kept heads (when any is pruned)."""
+    for path, heads in kept.items():
+        m = net.get_submodule(path)
+        if len(heads) < m.num_heads:
+            _wrap(net, path, lambda attention, heads=heads: PrunedMultiheadAttention.from_attention(attention, heads))
 
 
 def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[str, set[int]]):
@@ -424,6 +443,7 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
     if info.get("format") not in READ_FORMATS:
         _bad_spec(spec_path, f"format {info.get('format')!r}, expected one of {', '.join(map(repr, READ_FORMATS))}")
     info.setdefault("sparse", {})  # (format /3 stored every tensor dense)
+    info.setdefault("heads", {})  # (only networks with pruned attention heads record them)
     checks = {
         "method": lambda v: isinstance(v, str),
         "input_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(_is_int(d, 1) for d in v)
@@ -438,6 +458,9 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
             isinstance(g, dict) and set(g) == {"where", "n", "eps", "threshold"} and g["where"] in ("in", "out")
             and _is_int(g["n"], 1) and _is_number(g["eps"]) and _is_number(g["threshold"]) for g in v.values()),
         "factory": lambda v: v is None or isinstance(v, dict),
+        "heads": lambda v: isinstance(v, dict) and all(
+            isinstance(h, list) and 1 <= len(h) <= MAX_HEADS and all(_is_int(i) for i in h) and len(set(h)) == len(h)
+            for h in v.values()),
         "tensors": lambda v: isinstance(v, dict) and all(
             isinstance(t, dict) and set(t) == {"shape", "dtype"} and isinstance(t["dtype"], str)
             and isinstance(t["shape"], list) and all(_is_int(d) for d in t["shape"]) for t in v.values()),
@@ -558,6 +581,11 @@ def _replay(base: nn.Module, info: dict) -> None:
         if not isinstance(modules.get(name), (*WEIGHT_LAYERS, *NORM_LAYERS)):
             raise RunDirError(f"the recorded gate names {name!r}, which is no weight or normalisation layer of the "
                               "base network")
+    for name, kept in info["heads"].items():
+        m = modules.get(name)
+        if not isinstance(m, nn.MultiheadAttention) or max(kept) >= m.num_heads:
+            raise RunDirError(f"the recorded heads of {name!r} ({len(kept)} kept, up to head {max(kept)}) are no heads "
+                              "of an nn.MultiheadAttention of the base network")
     if info["history"]:  # (an SVD network of a net the tracer cannot follow records none)
         dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
         dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
@@ -575,3 +603,4 @@ def _replay(base: nn.Module, info: dict) -> None:
             _wrap(base, name, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
         else:
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(gate, layer))
+    _prune_heads(base, info["heads"])

@@ -44,8 +44,16 @@ def channels(m: nn.Module, side: str, dg=None) -> int:
 
 def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=None) -> None:
     """Multiply the channels of ``m``'s output (``where="out"``: weight rows and bias, or a normalisation layer's
-    affine parameters) or input (``"in"``: weight columns) by ``factor [K]``; with ``index`` / ``root_index``,
+    affine parameters) or input (``"in"``: weight columns), or the heads of an ``nn.MultiheadAttention``
+    (``"heads"``: each head's value rows), by ``factor [K]``; with ``index`` / ``root_index``,
     channel ``index[i]`` gets ``factor[root_index[i]]`` and the others 1."""
+    if where == "heads":  # an nn.MultiheadAttention: a head's output is linear in its value rows
+        h, e = m.num_heads, m.embed_dim
+        f = factor.to(m.in_proj_weight).repeat_interleave(e // h)
+        m.in_proj_weight[2 * e:].mul_(f.view(-1, 1))
+        if m.in_proj_bias is not None:
+            m.in_proj_bias[2 * e:].mul_(f)
+        return
     if index is not None:
         full = torch.ones(m.num_features if isinstance(m, NORM_LAYERS) else m.weight.shape[0],
                           dtype=factor.dtype, device=factor.device)

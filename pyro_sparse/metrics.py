@@ -85,6 +85,8 @@ class _OpRecorder(TorchFunctionMode):
             w, b = args[1], args[2] if len(args) > 2 else kwargs.get("bias")
             self.ops.append({"kind": "linear", "rows": out.numel() / out.shape[-1] / self.batch, "w": w,
                              "bias": b is not None})
+        elif func is F.multi_head_attention_forward:  # its projections (as pyro_sparse.nn.attention computes them)
+            self._record_attention(args, kwargs)
         elif func in (F.conv1d, F.conv2d):
             w, b = args[1], args[2] if len(args) > 2 else kwargs.get("bias")
             self.ops.append({"kind": "conv", "n_out": n_out, "k": math.prod(w.shape[1:]), "w": w,
@@ -103,6 +105,27 @@ class _OpRecorder(TorchFunctionMode):
             a, b = args[0], args[1] if len(args) > 1 else None
             if torch.is_tensor(a) and torch.is_tensor(b) and a.dim() >= 2 and a.shape == b.shape:
                 self.ops.append({"kind": "elementwise", "flops": n_out})
+
+
+    def _record_attention(self, args, kwargs):
+        from .nn.attention import _bind_mha_args
+
+        a = _bind_mha_args(args, kwargs)
+        q, k = a["query"], a["key"]
+        per = (q.shape[1] if q.dim() == 3 else 1) / self.batch  # sequence-first [T, B, E]
+        w, b = a["in_proj_weight"], a["in_proj_bias"]
+        if w is None:  # separate projections (kdim/vdim)
+            w, b = (a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"]), (b.chunk(3) if b is not None
+                                                                                   else (None,) * 3)
+        elif q is k and k is a["value"]:  # self-attention: one packed product
+            w, b = (w,), (b,)
+        else:
+            w, b = w.chunk(3), (b.chunk(3) if b is not None else (None,) * 3)
+        rows = (q.shape[0],) if len(w) == 1 else (q.shape[0], k.shape[0], k.shape[0])
+        for wi, bi, r in zip(w, b, rows, strict=True):
+            self.ops.append({"kind": "linear", "rows": r * per, "w": wi, "bias": bi is not None})
+        self.ops.append({"kind": "linear", "rows": q.shape[0] * per, "w": a["out_proj_weight"],
+                         "bias": a["out_proj_bias"] is not None})
 
 
 @torch.inference_mode()

@@ -42,6 +42,7 @@ network of the same architecture.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import inspect
@@ -64,6 +65,7 @@ from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
 from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_grouped, is_out
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
+from .nn.attention import HeadLatents, head_pruning_problem
 from .nn.svd import WeightSite
 from .nn.units import BN_INIT_KEEP, _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
@@ -192,7 +194,8 @@ def key_of(path: str) -> str:
 
 @dataclass
 class Placement:
-    """Where a unit latent multiplies: the output (``"out"``) or the input (``"in"``) of module ``module``;
+    """Where a unit latent multiplies: the output (``"out"``) or the input (``"in"``) of module ``module``, or the
+    heads' outputs of the ``nn.MultiheadAttention`` ``module`` (``"heads"``: one unit per head);
     ``index``/``root_index``: channel ``index[i]`` of that tensor gets the latent's unit ``root_index[i]``
     (``None``: channel ``k`` gets unit ``k``)."""
 
@@ -231,13 +234,15 @@ def _output_layers(net: nn.Module, example_input: torch.Tensor) -> list[nn.Modul
 
 
 def execution_order(net: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """``{module path: position of its first call}`` over the leaf modules in one forward pass."""
+    """``{module path: position of its first call}`` over the leaf modules (and attention layers) in one forward
+    pass."""
     order: dict[str, int] = {}
     names = {id(m): n for n, m in net.named_modules()}
     def record(m, i):
         order.setdefault(names[id(m)], len(order))
 
-    handles = [m.register_forward_pre_hook(record) for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(record) for m in net.modules()
+               if not list(m.children()) or isinstance(m, nn.MultiheadAttention)]  # (its out_proj is never called)
     try:
         with torch.no_grad():
             net(example_input)
@@ -425,19 +430,23 @@ class SparseModel(Classifier):
                     setattr(w, CLIP_TAG, site.train_clip)
                 overrides[f"{path}.weight"] = w
         net = self._net()
-        handles = self._attach_units(net, test, posterior)
+        handles, heads = self._attach_units(net, test, posterior)
         try:
-            if not overrides:
-                return net(x)
-            with LocalOps():
-                return functional_call(net, overrides, (x,), strict=False)
+            with HeadLatents(heads) if heads else contextlib.nullcontext():
+                if not overrides:
+                    return net(x)
+                with LocalOps():
+                    return functional_call(net, overrides, (x,), strict=False)
         finally:
             for h in handles:
                 h.remove()
 
-    def _attach_units(self, net: nn.Module, test: bool, posterior: dict) -> list:
+    def _attach_units(self, net: nn.Module, test: bool, posterior: dict) -> tuple[list, dict]:
+        """Hooks that multiply each unit latent into the layers it acts on (removed after the call), and the head
+        multipliers of attention layers (``{id(out_proj.weight): multiplier}``, for :class:`HeadLatents`)."""
         cache: dict[str, torch.Tensor] = {}
         handles = []
+        heads = {}
         units = self.units
         compiled = getattr(net, "_compiled_call_impl", None) is not None
         for key, places in self.placements.items():
@@ -463,6 +472,9 @@ class SparseModel(Classifier):
                         return apply_units(t.movedim(-1, 1)).movedim(1, -1)
                     return apply_units(t)
 
+                if p.where == "heads":  # the attention's heads' outputs [B, H, T, d]
+                    heads[id(module.out_proj.weight)] = apply_units
+                    continue
                 if compiled:  # a compiled network runs the hooks eagerly: the graph breaks at each draw (Pyro's
                     apply = torch.compiler.disable(apply)  # handlers are untraceable), but is never recompiled
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
@@ -471,7 +483,7 @@ class SparseModel(Classifier):
                 else:
                     handles.append(module.register_forward_pre_hook(
                         lambda mod, i, apply=apply: (apply(i[0]), *i[1:])))
-        return handles
+        return handles, heads
 
 
 def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, include: Selector | None = None,
@@ -600,14 +612,21 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
     in ``model.skipped`` (or refused with ``strict``)."""
     if any(isinstance(m, NORM_LAYERS) for m in net.modules()):
         options = {**spec.norm_options, **options}
+    heads = []  # (attention, K): one latent per head; the output projection's inputs get no unit of their own
     for name in _attention_projections(net, chosen):  # read as .weight by the attention: no unit on their inputs
-        if strict:
-            raise UnsupportedModelError(f"{name!r} is the output projection of an nn.MultiheadAttention, which reads "
-                                        f"its weight directly; exclude it (exclude=[{name!r}])")
         del chosen[name]
-        model.skipped.append({"group": name, "reason": f"{name!r} is an nn.MultiheadAttention's output projection "
-                              "(heads are not unit latents yet)"})
-    _place_units(model, net, spec, chosen, example_input, options, strict=strict)
+        attention = name.rpartition(".")[0]
+        problem = head_pruning_problem(net.get_submodule(attention))
+        if problem is None and getattr(spec.unit, "input_dependent", False):
+            problem = "input-dependent head gates (DBB) are not implemented yet"
+        if problem is None:
+            heads.append((attention, net.get_submodule(attention).num_heads))
+            continue
+        reason = f"the heads of the nn.MultiheadAttention {attention!r} get no latent: {problem}"
+        if strict:
+            raise UnsupportedModelError(f"{reason}; exclude its output projection (exclude=[{name!r}])")
+        model.skipped.append({"group": name, "reason": reason})
+    _place_units(model, net, spec, chosen, example_input, options, strict=strict, heads=heads)
     if model.skipped:
         groups = ", ".join(repr(s["group"]) for s in model.skipped)
         warnings.warn(f"sparsify({spec.name!r}): {len(model.skipped)} channel group(s) left dense (no latent), their "
@@ -662,7 +681,7 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
 
 
 def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options,
-                 strict: bool = True) -> None:
+                 strict: bool = True, heads: Sequence[tuple[str, int]] = ()) -> None:
     dg = dependency_graph(net, example_input)
     outputs = _output_layers(net, example_input)
     order = execution_order(net, example_input)
@@ -693,6 +712,8 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
         if isinstance(m, nn.Linear):
             key = f"{key_of(name)}_units" if f"{key_of(name)}_units" not in taken else f"{key_of(name)}_in_units"
             units.append((order.get(name, math.inf) - 0.5, key, m.in_features, [Placement(name, "in")]))
+    for name, k in heads:
+        units.append((order.get(name, math.inf), f"{key_of(name)}_heads", k, [Placement(name, "heads")]))
     if not units:
         raise InvalidInputError(f"sparsify({spec.name!r}): no unit position among the selected layers "
                                 "(conv output channels or dense-layer inputs); check include/exclude")

@@ -460,13 +460,18 @@ def test_svd_needs_no_dependency_tracer(tmp_path):
 @pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
 def test_vision_transformer_units_where_exact(method, tmp_path):
     """A torchvision ViT (small config): the residual stream, normalised by LayerNorm across its channels, stays
-    dense and is reported (``model.skipped`` and one warning), the attention's output projection too; the MLP hidden
-    units and the dense layers' input features of ``[B, T, F]`` tokens get latents; one SVI step, then ``compact``
-    removes MLP units physically, exact against the eval-mode model, and reloads."""
+    dense and is reported (``model.skipped`` and one warning); each attention layer gets one latent per head (SBP,
+    BB; DBB's input-dependent head gates are not implemented: reported), the MLP hidden units and the dense layers'
+    input features of ``[B, T, F]`` tokens one per unit; one SVI step, then ``compact`` removes heads and MLP units
+    physically (a :class:`PrunedMultiheadAttention` holds the kept heads), exact against the eval-mode model, with
+    fewer FLOPs, and reloads."""
     import warnings
 
+    from pyro_sparse.metrics import network_cost
+    from pyro_sparse.nn import PrunedMultiheadAttention
+
     def factory():
-        return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+        return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
                                                     hidden_dim=32, mlp_dim=64, num_classes=10)
 
     torch.manual_seed(0)
@@ -474,10 +479,17 @@ def test_vision_transformer_units_where_exact(method, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = sparsify(factory(), method, x, num_data=100)
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    heads = [key for key, places in model.placements.items() if places[0].where == "heads"]
     if method != "svd":
         assert any("left dense" in str(w.message) for w in caught)
-        skipped = {s["group"] for s in model.skipped}
-        assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in skipped
+        skipped = {s["group"]: s["reason"] for s in model.skipped}
+        if method == "dbb":
+            assert not heads and "input-dependent head gates" in skipped[f"{attention}.out_proj"]
+        else:
+            assert heads == ["encoder__layers__encoder_layer_0__self_attention_heads",
+                             "encoder__layers__encoder_layer_1__self_attention_heads"]
+            assert model.units[heads[0]].num_units == 4 and f"{attention}.out_proj" not in skipped
         with pytest.raises(UnsupportedModelError):
             sparsify(factory(), method, x, strict=True)
     guide = MeanFieldGuide(model)
@@ -498,6 +510,19 @@ def test_vision_transformer_units_where_exact(method, tmp_path):
         mlp = small.encoder.layers.encoder_layer_0.mlp  # (a Select / DBB gate may sit in front of a Linear)
         fc1, fc2 = (m if isinstance(m, nn.Linear) else m[-1] for m in (mlp[0], mlp[3]))
         assert fc1.out_features < 64 and fc2.in_features == fc1.out_features
+    if heads:
+        kept = small.pyro_sparse_compact["heads"]
+        assert set(kept) == {attention, attention.replace("_0", "_1")}
+        assert any(len(idx) < 4 for idx in kept.values())  # (this seed prunes heads)
+        for path, idx in kept.items():
+            m = small.get_submodule(path)
+            if len(idx) == 4:
+                assert isinstance(m, nn.MultiheadAttention)
+                continue
+            assert isinstance(m, PrunedMultiheadAttention) and m.num_heads == len(idx) and m.kept.tolist() == idx
+            assert m.in_proj_weight.shape == (3 * 8 * len(idx), 32) and m.out_proj.in_features == 8 * len(idx)
+        full = network_cost(factory().eval(), x)["flops"]
+        assert network_cost(small, x)["flops"] < full
     save_compact(small, tmp_path / "vit")
     assert torch.allclose(load_compact(tmp_path / "vit", factory=factory)(x), small(x), atol=1e-6)
 

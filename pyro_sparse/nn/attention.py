@@ -1,0 +1,212 @@
+"""Attention with one unit latent per head (issue 28): the multi-head attention of ``nn.MultiheadAttention`` written
+out so that each head's output can be multiplied by its latent, and the module a compact network holds in place of
+an ``nn.MultiheadAttention`` whose pruned heads are gone.
+
+A head ``h`` of an attention layer is its rows ``h·d … (h+1)·d − 1`` of the query, key and value projections and the
+same columns of the output projection (``d = embed_dim / num_heads``). Its latent multiplies the head's output
+``softmax(Q_h K_hᵀ / √d) V_h`` before the output projection — the same as multiplying its value rows, which is how
+:func:`pyro_sparse.compact` folds a kept head's test-time multiplier; a pruned head's rows and columns are removed
+(:class:`PrunedMultiheadAttention`), exactly: a head contributes to the output only through its value rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+def head_pruning_problem(m: nn.MultiheadAttention) -> str | None:
+    """Why the heads of ``m`` get no latents (``None``: they can); such heads are left dense and reported."""
+    if not m._qkv_same_embed_dim:
+        return "its keys/values have their own widths (kdim/vdim): separate projections are not handled yet"
+    if m.bias_k is not None or m.add_zero_attn:
+        return "it adds learned key/value biases (add_bias_kv) or a zero attention slot (add_zero_attn)"
+    return None
+
+
+def _mask(key_padding_mask, attn_mask, batch: int, heads: int, q_len: int, k_len: int, dtype) -> torch.Tensor | None:
+    """``nn.MultiheadAttention``'s masks (bool: ``True`` = not attended; float: added) as one additive float mask
+    broadcastable to ``[B, H, T, S]``, or ``None``."""
+    out = None
+    for m, shape in ((attn_mask, None), (key_padding_mask, (batch, 1, 1, k_len))):
+        if m is None:
+            continue
+        if m.dtype == torch.bool:
+            m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+        else:
+            m = m.to(dtype)
+        if shape is not None:
+            m = m.view(shape)
+        elif m.dim() == 3:  # [B·H, T, S]
+            m = m.view(batch, heads, q_len, k_len)
+        out = m if out is None else out + m
+    return out
+
+
+def multihead_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
+                        in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor | None,
+                        out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor | None, *,
+                        key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                        need_weights: bool = False, average_attn_weights: bool = True, is_causal: bool = False,
+                        dropout_p: float = 0.0,
+                        head_multiplier: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Multi-head attention on batch-first inputs, as ``nn.MultiheadAttention`` computes it (packed projections).
+
+    :param query: ``[B, T, E]``; ``key``, ``value``: ``[B, S, E]`` (the same tensor for self-attention).
+    :param in_proj_weight: ``[3·H·d, E]`` (query, key, value rows; ``H = num_heads`` heads of width ``d``);
+        ``out_proj_weight``: ``[E_out, H·d]``.
+    :param key_padding_mask: ``[B, S]``; ``attn_mask``: ``[T, S]`` or ``[B·H, T, S]``; bool (``True``: not attended)
+        or float (added to the scores).
+    :param head_multiplier: called on the heads' outputs ``[B, H, T, d]``, returns them multiplied by the heads'
+        latents (``None``: unchanged).
+    :returns: ``(output [B, T, E_out], attention weights [B, T, S] (averaged over heads) or [B, H, T, S], or None)``.
+    """
+    b, t, _ = query.shape
+    s = key.shape[1]
+    hd = in_proj_weight.shape[0] // 3
+    d = hd // num_heads
+    if query is key and key is value:  # self-attention: one product with the packed weights
+        q, k, v = F.linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
+    else:
+        w = in_proj_weight.chunk(3)
+        bias = in_proj_bias.chunk(3) if in_proj_bias is not None else (None,) * 3
+        q, k, v = (F.linear(x, wi, bi) for x, wi, bi in zip((query, key, value), w, bias, strict=True))
+    q = q.reshape(b, t, num_heads, d).transpose(1, 2)
+    k = k.reshape(b, s, num_heads, d).transpose(1, 2)
+    v = v.reshape(b, s, num_heads, d).transpose(1, 2)
+    mask = _mask(key_padding_mask, attn_mask, b, num_heads, t, s, q.dtype)
+    weights = None
+    if need_weights:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if mask is not None:
+            scores = scores + mask
+        elif is_causal:
+            scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        weights = scores.softmax(-1)
+        o = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+        if average_attn_weights:
+            weights = weights.mean(1)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           is_causal=is_causal and mask is None)
+    if head_multiplier is not None:
+        o = head_multiplier(o)
+    out = F.linear(o.transpose(1, 2).reshape(b, t, hd), out_proj_weight, out_proj_bias)
+    return out, weights
+
+
+def _bind_mha_args(args: tuple, kwargs: dict) -> dict:
+    names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+             "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
+    bound = dict(zip(names, args, strict=False))
+    bound.update(kwargs)
+    return bound
+
+
+class HeadLatents(TorchFunctionMode):
+    """While active, every ``F.multi_head_attention_forward`` call of an ``nn.MultiheadAttention`` whose output
+    projection weight is a key of ``multipliers`` (by identity) runs through :func:`multihead_attention` with that
+    head multiplier; other calls run unchanged. ``nn.MultiheadAttention`` calls that function with sequence-first
+    inputs ``[T, B, E]`` (it transposes batch-first ones itself)."""
+
+    def __init__(self, multipliers: dict[int, Callable[[torch.Tensor], torch.Tensor]]):
+        super().__init__()
+        self.multipliers = multipliers
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.multi_head_attention_forward:
+            return func(*args, **kwargs)
+        a = _bind_mha_args(args, kwargs)
+        multiplier = self.multipliers.get(id(a["out_proj_weight"]))
+        if multiplier is None:
+            return func(*args, **kwargs)
+        batched = a["query"].dim() == 3
+        q, k, v = (a[n] if batched else a[n].unsqueeze(1) for n in ("query", "key", "value"))
+        same = a["query"] is a["key"] and a["key"] is a["value"]
+        q = q.transpose(0, 1)
+        k, v = (q, q) if same else (k.transpose(0, 1), v.transpose(0, 1))
+        kpm = a.get("key_padding_mask")
+        out, weights = multihead_attention(
+            q, k, v, a["num_heads"], a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"], a["out_proj_bias"],
+            key_padding_mask=None if kpm is None else (kpm if batched else kpm.unsqueeze(0)),
+            attn_mask=a.get("attn_mask"), need_weights=a.get("need_weights", True),
+            average_attn_weights=a.get("average_attn_weights", True), is_causal=a.get("is_causal", False),
+            dropout_p=a["dropout_p"] if a.get("training", True) else 0.0, head_multiplier=multiplier)
+        out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """An ``nn.MultiheadAttention`` with fewer heads: ``num_heads`` heads of width ``head_dim`` (the original
+    width), so its inner width ``num_heads·head_dim`` is below ``embed_dim``, which torch's module cannot hold. Same
+    call as ``nn.MultiheadAttention`` (``forward(query, key, value, key_padding_mask=None, need_weights=True,
+    attn_mask=None, average_attn_weights=True, is_causal=False)`` → ``(output, weights or None)``), evaluation only
+    (no dropout).
+
+    :ivar kept: the indices of the original heads it holds (``[num_heads]``, a buffer).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True, batch_first: bool = False):
+        super().__init__()
+        hd = num_heads * head_dim
+        self.embed_dim, self.num_heads, self.head_dim, self.batch_first = embed_dim, num_heads, head_dim, batch_first
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hd, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * hd)) if bias else None
+        self.out_proj = nn.Linear(hd, embed_dim, bias=bias)
+        self.register_buffer("kept", torch.arange(num_heads))
+
+    @classmethod
+    @torch.no_grad()
+    def from_attention(cls, m: nn.MultiheadAttention, kept: list[int]) -> PrunedMultiheadAttention:
+        """The heads ``kept`` (indices into ``m``'s heads) of ``m``, with their weights.
+
+        :raises ValueError: ``m`` has a layout :func:`head_pruning_problem` names, or ``kept`` is empty, repeats a
+            head or names one ``m`` has not."""
+        problem = head_pruning_problem(m)
+        if problem:
+            raise ValueError(f"cannot prune the heads of this nn.MultiheadAttention: {problem}")
+        if not kept or len(set(kept)) != len(kept) or not all(0 <= h < m.num_heads for h in kept):
+            raise ValueError(f"kept heads must be distinct indices in 0 … {m.num_heads - 1}, at least one; got {kept}")
+        d = m.head_dim
+        new = cls(m.embed_dim, len(kept), d, m.in_proj_bias is not None, m.batch_first).to(m.in_proj_weight)
+        rows = torch.tensor([h * d + i for h in kept for i in range(d)], device=m.in_proj_weight.device)
+        e = m.embed_dim
+        all_rows = torch.cat([rows, rows + e, rows + 2 * e])
+        new.in_proj_weight.copy_(m.in_proj_weight[all_rows])
+        if m.in_proj_bias is not None:
+            new.in_proj_bias.copy_(m.in_proj_bias[all_rows])
+            new.out_proj.bias.copy_(m.out_proj.bias)
+        new.out_proj.weight.copy_(m.out_proj.weight[:, rows])
+        new.kept.copy_(torch.tensor(kept))
+        return new.train(m.training)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            same = query is key and key is value
+            query = query.transpose(0, 1)
+            key, value = (query, query) if same else (key.transpose(0, 1), value.transpose(0, 1))
+        out, weights = multihead_attention(
+            query, key, value, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight,
+            self.out_proj.bias, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if not batched:
+            return out.squeeze(0), None if weights is None else weights.squeeze(0)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights

@@ -1,0 +1,147 @@
+"""One unit latent per attention head (issue 28): the attention as pyro-sparse computes it equals torch's, a pruned
+head is a zeroed one, compact removes heads physically and the files it writes name only heads that exist."""
+
+import json
+import warnings
+
+import pyro
+import pytest
+import torch
+from pyro_sparse.guides import MeanFieldGuide
+from test_sparsify import _train, force_prune
+from torch import nn
+
+from pyro_sparse import compact, load_compact, save_compact, sparsify
+from pyro_sparse.errors import RunDirError
+from pyro_sparse.metrics import network_cost
+from pyro_sparse.nn import PrunedMultiheadAttention
+from pyro_sparse.nn.attention import HeadLatents
+
+
+def _identity(o):
+    return o
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("masks", ["none", "key_padding", "float", "bool", "causal"])
+def test_attention_equals_torch_multihead_attention(batch_first, need_weights, masks):
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    with torch.no_grad():
+        m.in_proj_bias.normal_()
+        m.out_proj.bias.normal_()
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    kwargs = {"key_padding_mask": torch.tensor([[False] * 4 + [True]] * 3)} if masks == "key_padding" else \
+        {"attn_mask": torch.randn(5, 5)} if masks == "float" else \
+        {"attn_mask": torch.rand(5, 5) < 0.3} if masks == "bool" else \
+        {"attn_mask": nn.Transformer.generate_square_subsequent_mask(5), "is_causal": True} if masks == "causal" else {}
+    ref, ref_w = m(x, x, x, need_weights=need_weights, **kwargs)
+    with HeadLatents({id(m.out_proj.weight): _identity}):
+        out, w = m(x, x, x, need_weights=need_weights, **kwargs)
+    pruned = PrunedMultiheadAttention.from_attention(m, [0, 1, 2, 3]).eval()
+    out2, w2 = pruned(x, x, x, need_weights=need_weights, **kwargs)
+    for o in (out, out2):
+        assert torch.allclose(o, ref, atol=1e-6, equal_nan=True)
+    if need_weights:
+        assert torch.allclose(w, ref_w, atol=1e-6, equal_nan=True) and torch.allclose(w2, ref_w, atol=1e-6,
+                                                                                     equal_nan=True)
+    else:
+        assert w is None and w2 is None
+
+
+def test_cross_and_unbatched_attention():
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    ref, _ = m(q, kv, kv)
+    with HeadLatents({id(m.out_proj.weight): _identity}):
+        assert torch.allclose(m(q, kv, kv)[0], ref, atol=1e-6)
+        single, _ = m(q[0], kv[0], kv[0])  # unbatched [T, E]
+    assert torch.allclose(single, ref[0], atol=1e-6)
+    assert torch.allclose(PrunedMultiheadAttention.from_attention(m, [0, 1, 2, 3])(q, kv, kv)[0], ref, atol=1e-6)
+    with HeadLatents({}):  # an attention without head latents runs unchanged
+        assert torch.equal(m(q, kv, kv)[0], ref)
+
+
+def test_a_pruned_head_is_a_zeroed_head():
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(3, 5, 16)
+    z = torch.tensor([0.7, 0.0, 1.3, 0.0])
+    with HeadLatents({id(m.out_proj.weight): lambda o: o * z.view(1, -1, 1, 1)}):
+        ref, _ = m(x, x, x, need_weights=False)
+    with torch.no_grad():  # compact folds a kept head's multiplier into its value rows
+        m.in_proj_weight[32:].mul_(z.repeat_interleave(4).view(-1, 1))
+        m.in_proj_bias[32:].mul_(z.repeat_interleave(4))
+    small = PrunedMultiheadAttention.from_attention(m, [0, 2]).eval()
+    assert small.in_proj_weight.shape == (24, 16) and small.out_proj.weight.shape == (16, 8)
+    assert torch.allclose(small(x, x, x)[0], ref, atol=1e-6)
+    for bad in ([], [0, 0], [4]):
+        with pytest.raises(ValueError, match="distinct indices in 0 … 3"):
+            PrunedMultiheadAttention.from_attention(m, bad)
+    with pytest.raises(ValueError, match="kdim/vdim"):
+        PrunedMultiheadAttention.from_attention(nn.MultiheadAttention(16, 4, kdim=8, vdim=8), [0])
+
+
+class TinyTransformer(nn.Module):
+    """Tokens ``[B, 6, 8]``: an embedding, one pre-norm attention block with a 4-head attention and an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm1, self.norm2 = nn.Linear(8, 16), nn.LayerNorm(16), nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        n = self.norm1(h)
+        h = h + self.attn(n, n, n, need_weights=False)[0]
+        h = h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb"])
+def test_compact_removes_heads_and_the_files_name_only_heads_that_exist(method, tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the residual stream is left dense: LayerNorm)
+        model = sparsify(TinyTransformer(), method, x[:2], num_data=12)
+        assert model.placements["attn_heads"][0].where == "heads" and model.units["attn_heads"].num_units == 4
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide, seed=3)
+        kept = model.summary(guide)
+        (heads,) = [r for r in kept if r["site"].startswith("units.attn_heads.")]
+        assert 0 < heads["kept"] < 4
+        small = compact(model, guide, probe=x)
+    assert isinstance(small.attn, PrunedMultiheadAttention) and small.attn.num_heads == heads["kept"]
+    assert small.pyro_sparse_compact["heads"] == {"attn": heads["keep"].nonzero().flatten().tolist()}
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert network_cost(small, x)["flops"] < network_cost(TinyTransformer().eval(), x)["flops"]
+    save_compact(small, tmp_path / "t")
+    assert torch.allclose(load_compact(tmp_path / "t", factory=TinyTransformer)(x), small(x), atol=1e-6)
+    spec_path = tmp_path / "t" / "compact.json"
+    spec = json.loads(spec_path.read_text())
+    for bad, match in (({"fc1": [0]}, "no heads of an nn.MultiheadAttention"),
+                       ({"attn": [0, 9]}, "no heads of an nn.MultiheadAttention"),
+                       ({"attn": [0, 0]}, "entry 'heads' is missing or malformed"),
+                       ({"attn": []}, "entry 'heads' is missing or malformed"),
+                       ({"attn": "0"}, "entry 'heads' is missing or malformed")):
+        spec_path.write_text(json.dumps({**spec, "heads": bad}))
+        with pytest.raises(RunDirError, match=match):
+            load_compact(tmp_path / "t", factory=TinyTransformer)
+
+
+def test_dbb_leaves_heads_dense_and_says_why():
+    x = torch.randn(2, 6, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = sparsify(TinyTransformer(), "dbb", x, num_data=12)
+    assert not any(p[0].where == "heads" for p in model.placements.values())
+    reasons = {s["group"]: s["reason"] for s in model.skipped}
+    assert "input-dependent head gates (DBB) are not implemented yet" in reasons["attn.out_proj"]
+    assert any("attn.out_proj" in str(w.message) for w in caught)
