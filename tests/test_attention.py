@@ -11,7 +11,7 @@ from pyro_sparse.guides import MeanFieldGuide
 from test_sparsify import _train, force_prune
 from torch import nn
 
-from pyro_sparse import compact, load_compact, save_compact, sparsify
+from pyro_sparse import compact, export, load_compact, save_compact, sparsify
 from pyro_sparse.errors import RunDirError
 from pyro_sparse.metrics import network_cost
 from pyro_sparse.nn import PrunedMultiheadAttention
@@ -124,6 +124,9 @@ def test_compact_removes_heads_and_the_files_name_only_heads_that_exist(method, 
     assert network_cost(small, x)["flops"] < network_cost(TinyTransformer().eval(), x)["flops"]
     save_compact(small, tmp_path / "t")
     assert torch.allclose(load_compact(tmp_path / "t", factory=TinyTransformer)(x), small(x), atol=1e-6)
+    # it deploys: export checks the file against the network before it returns
+    export(small, tmp_path / ("t.onnx" if method == "sbp" else "t.pt2"), x[:1],
+           format="onnx" if method == "sbp" else "torch.export")
     spec_path = tmp_path / "t" / "compact.json"
     spec = json.loads(spec_path.read_text())
     for bad, match in (({"fc1": [0]}, "no heads of an nn.MultiheadAttention"),
