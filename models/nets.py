@@ -16,6 +16,9 @@ resnet20/56   CIFAR ResNets of He et al. 2016 (Sec. 4.2): 3 stages of n = 3 / 9 
               Shortcuts are **option B**: identity where the shape is kept, 1×1 conv + BatchNorm projection where
               it changes (the paper's CIFAR nets use option A, zero-padding; B is the common re-implementation and
               keeps every shortcut a layer that a dependency graph can follow)
+vit_cifar     a small vision transformer for 32×32 images (torchvision's ``VisionTransformer``): patches 4×4 (64
+              tokens + class token), 6 encoder blocks of 4-head attention, width 128, MLP 256 (issue 28's CPU-budget
+              demonstration; heads and MLP units are the unit latents, the LayerNorm'd residual stream stays dense)
 ============  ==========================================================================================
 
 :func:`build` makes one by name; the instance remembers how it was made (``pyro_sparse_factory``: the name and its
@@ -204,9 +207,25 @@ def resnet56(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0) 
     return CifarResNet(9, num_classes, mean, std)
 
 
+#: :func:`vit_cifar`'s configuration: patch size, encoder blocks, heads, width, MLP width
+VIT_CIFAR = {"patch_size": 4, "num_layers": 6, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 256}
+
+
+def vit_cifar(input_shape=(3, 32, 32), num_classes: int = 10, mean=0.0, std=1.0) -> nn.Sequential:
+    """A small ViT for CIFAR-sized images (:data:`VIT_CIFAR`), torchvision's ``VisionTransformer`` behind the input
+    standardisation; layer names ``standardize``, ``vit`` (then torchvision's). :raises ValueError: inputs other
+    than 3×32×32."""
+    import torchvision
+
+    if tuple(input_shape) != (3, 32, 32):
+        raise ValueError(f"arch vit_cifar expects CIFAR images [3, 32, 32], got examples of shape {list(input_shape)}")
+    return nn.Sequential(OrderedDict(standardize=Standardize(mean, std), vit=torchvision.models.VisionTransformer(
+        image_size=32, num_classes=num_classes, **VIT_CIFAR)))
+
+
 NETS: dict[str, Callable[..., nn.Module]] = {
     "logreg": logreg, "lenet300": lenet300, "lenet500": lenet500, "lenet5": lenet5, "vgg_like": vgg_like,
-    "resnet20": resnet20, "resnet56": resnet56, "conv3fc3": conv3fc3,
+    "resnet20": resnet20, "resnet56": resnet56, "conv3fc3": conv3fc3, "vit_cifar": vit_cifar,
 }
 
 

@@ -148,3 +148,26 @@ def test_dbb_leaves_heads_dense_and_says_why():
     reasons = {s["group"]: s["reason"] for s in model.skipped}
     assert "input-dependent head gates (DBB) are not implemented yet" in reasons["attn.out_proj"]
     assert any("attn.out_proj" in str(w.message) for w in caught)
+
+
+def test_vit_cifar_heads_and_mlp_units_compact_and_reload_by_name(tmp_path):
+    """``vit_cifar`` (the CIFAR-10 ViT of issue 28's demonstration): BB puts one latent on each of the 6 × 4 heads and
+    on the MLP hidden units; forced pruning, ``compact`` (heads physically gone), reload by its recorded name."""
+    from pyro_sparse.models import nets
+
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(nets.build("vit_cifar", (3, 32, 32), 10), "bb", x[:2], num_data=6)
+        heads = [k for k, p in model.placements.items() if p[0].where == "heads"]
+        assert len(heads) == 6 and all(model.units[k].num_units == 4 for k in heads)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y, steps=1)
+        force_prune(guide, seed=1)
+        small = compact(model, guide, probe=x)
+    kept = small.pyro_sparse_compact["heads"]
+    assert len(kept) == 6 and sum(len(h) for h in kept.values()) < 24
+    save_compact(small, tmp_path / "vit")
+    again = load_compact(tmp_path / "vit")  # an architecture of ours: rebuilt from its recorded name
+    assert torch.allclose(again(x), small(x), atol=1e-6)
