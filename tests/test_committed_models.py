@@ -37,3 +37,18 @@ def test_committed_row_reproduces_its_test_error(row, request):
     cost = network_cost(net, torch.zeros(2, *data.input_shape), gate_fractions(net, x))
     assert [float(u) for u in cost["units"]] == pytest.approx([float(u) for u in metrics["units"]], abs=0.006)
     assert metrics["flops_full"] / cost["flops"] == pytest.approx(metrics["flops_speedup"], rel=1e-4)
+
+
+def test_results_headline_is_the_committed_rows():
+    """The headline table of RESULTS.md is what ``benchmarks/headline.py`` makes of the committed rows (no number
+    typed in by hand, none left behind when a row changes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("headline", MODELS.parent / "headline.py")
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    doc = (MODELS.parent / "RESULTS.md").read_text()
+    block = doc[doc.index(headline.BEGIN) + len(headline.BEGIN):doc.index(headline.END)].strip()
+    assert block == headline.table()
+    for folders, *_ in headline.ROWS.values():
+        assert all(f in ROWS for f in folders if (MODELS / f).exists())
