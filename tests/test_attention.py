@@ -171,3 +171,28 @@ def test_vit_cifar_heads_and_mlp_units_compact_and_reload_by_name(tmp_path):
     save_compact(small, tmp_path / "vit")
     again = load_compact(tmp_path / "vit")  # an architecture of ours: rebuilt from its recorded name
     assert torch.allclose(again(x), small(x), atol=1e-6)
+
+
+def test_svd_noise_reaches_the_attention_output_projection(monkeypatch):
+    """``nn.MultiheadAttention`` reads ``out_proj.weight`` inside ``F.multi_head_attention_forward``, where no
+    intercepted ``F.linear`` call saw it: SVD trained that latent weight at its mean, noise-free (its log α free to
+    grow at no cost to the likelihood). Now the call runs as pyro-sparse's attention inside the interception, so the
+    output projection gets the local reparameterisation like every other latent weight."""
+    import pyro_sparse.poutine.local as local
+    from pyro_sparse.infer import SparseELBO
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 6, 8), torch.randint(0, 3, (4,))
+    model = sparsify(TinyTransformer(), "svd", x[:2], num_data=12)
+    assert "attn.out_proj" in model.weight_layers.values()
+    guide = MeanFieldGuide(model)
+    shapes = []
+    real = local.linear
+
+    def spy(inp, w, b, clip):
+        shapes.append(tuple(w.shape))
+        return real(inp, w, b, clip)
+
+    monkeypatch.setattr(local, "linear", spy)
+    assert torch.isfinite(SparseELBO().differentiable_loss(model, guide, x, y))
+    assert shapes == [(16, 8), (16, 16), (32, 16), (16, 32), (3, 16)]  # embed, attn.out_proj, fc1, fc2, head

@@ -110,6 +110,37 @@ def _bind_mha_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
+def attention_call(a: dict, head_multiplier: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """``F.multi_head_attention_forward``'s call (its arguments bound by name, sequence-first ``[T, B, E]`` or
+    unbatched ``[T, E]`` inputs, as ``nn.MultiheadAttention`` makes it) computed by :func:`multihead_attention`;
+    returns ``(output, weights or None)`` in the call's layout."""
+    batched = a["query"].dim() == 3
+    q, k, v = (a[n] if batched else a[n].unsqueeze(1) for n in ("query", "key", "value"))
+    same = a["query"] is a["key"] and a["key"] is a["value"]
+    q = q.transpose(0, 1)
+    k, v = (q, q) if same else (k.transpose(0, 1), v.transpose(0, 1))
+    kpm = a.get("key_padding_mask")
+    out, weights = multihead_attention(
+        q, k, v, a["num_heads"], a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"], a["out_proj_bias"],
+        key_padding_mask=None if kpm is None else (kpm if batched else kpm.unsqueeze(0)),
+        attn_mask=a.get("attn_mask"), need_weights=a.get("need_weights", True),
+        average_attn_weights=a.get("average_attn_weights", True), is_causal=a.get("is_causal", False),
+        dropout_p=a["dropout_p"] if a.get("training", True) else 0.0, head_multiplier=head_multiplier)
+    out = out.transpose(0, 1)
+    if not batched:
+        out = out.squeeze(1)
+        weights = None if weights is None else weights.squeeze(0)
+    return out, weights
+
+
+def packed_call(a: dict) -> bool:
+    """Whether a bound ``F.multi_head_attention_forward`` call is one :func:`attention_call` computes (packed
+    projections, no key/value biases or zero slot, no static keys)."""
+    return (a.get("in_proj_weight") is not None and not a.get("use_separate_proj_weight", False)
+            and a.get("bias_k") is None and not a.get("add_zero_attn") and a.get("static_k") is None
+            and a.get("static_v") is None)
+
+
 class HeadLatents(TorchFunctionMode):
     """While active, every ``F.multi_head_attention_forward`` call of an ``nn.MultiheadAttention`` whose output
     projection weight is a key of ``multipliers`` (by identity) runs through :func:`multihead_attention` with that
@@ -128,23 +159,7 @@ class HeadLatents(TorchFunctionMode):
         multiplier = self.multipliers.get(id(a["out_proj_weight"]))
         if multiplier is None:
             return func(*args, **kwargs)
-        batched = a["query"].dim() == 3
-        q, k, v = (a[n] if batched else a[n].unsqueeze(1) for n in ("query", "key", "value"))
-        same = a["query"] is a["key"] and a["key"] is a["value"]
-        q = q.transpose(0, 1)
-        k, v = (q, q) if same else (k.transpose(0, 1), v.transpose(0, 1))
-        kpm = a.get("key_padding_mask")
-        out, weights = multihead_attention(
-            q, k, v, a["num_heads"], a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"], a["out_proj_bias"],
-            key_padding_mask=None if kpm is None else (kpm if batched else kpm.unsqueeze(0)),
-            attn_mask=a.get("attn_mask"), need_weights=a.get("need_weights", True),
-            average_attn_weights=a.get("average_attn_weights", True), is_causal=a.get("is_causal", False),
-            dropout_p=a["dropout_p"] if a.get("training", True) else 0.0, head_multiplier=multiplier)
-        out = out.transpose(0, 1)
-        if not batched:
-            out = out.squeeze(1)
-            weights = None if weights is None else weights.squeeze(0)
-        return out, weights
+        return attention_call(a, multiplier)
 
 
 class PrunedMultiheadAttention(nn.Module):
