@@ -84,7 +84,8 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> li
         with torch.no_grad():
             target.copy_(value)
         used.append(key)
-    for key, path in getattr(model, "weight_layers", {}).items():  # SVD: the guide's θ starts at the loaded weight
+    for key in getattr(model, "weight_layers", {}):  # SVD: the guide's θ starts at the loaded weight
         with torch.no_grad():
-            model.weights[key].weight_init.copy_(model.net.get_submodule(path).weight)
+            module, _, attr = model.weight_param(key).rpartition(".")
+            model.weights[key].weight_init.copy_(getattr(model.net.get_submodule(module), attr))
     return used

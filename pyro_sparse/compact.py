@@ -122,8 +122,8 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     for path, w in model.test_weights(guide, weight_threshold).items() if model.weight_layers else ():
         module, _, attr = path.rpartition(".")
         layer = net.get_submodule(module)
-        del layer.weight  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
-        layer.weight = nn.Parameter(w.clone())
+        delattr(layer, attr)  # a buffer in the SparseModel (see sparsify): a parameter again in the plain network
+        setattr(layer, attr, nn.Parameter(w.clone()))
     prune_root, dynamic, kept_units, kept_heads = _fold_units(model, guide, net, unit_threshold)
     try:
         dg = dependency_graph(net, example)
@@ -327,11 +327,12 @@ def full_network(model) -> nn.Module:
     SVD weight a parameter again (θ where a guide is bound). The baseline of FLOPs, memory and latency."""
     net = copy.deepcopy(model.net).eval()
     guide = getattr(model, "guide", None)
-    for key, path in getattr(model, "weight_layers", {}).items():
-        layer = net.get_submodule(path)
-        w = layer.weight if guide is None else guide.posterior(model.site_name("weights", key, "weight")).loc
-        del layer.weight
-        layer.weight = nn.Parameter(w.detach().clone())
+    for key in getattr(model, "weight_layers", {}):
+        module, _, attr = model.weight_param(key).rpartition(".")
+        layer = net.get_submodule(module)
+        w = getattr(layer, attr) if guide is None else guide.posterior(model.site_name("weights", key, "weight")).loc
+        delattr(layer, attr)
+        setattr(layer, attr, nn.Parameter(w.detach().clone()))
     return net
 
 

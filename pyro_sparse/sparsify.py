@@ -298,6 +298,7 @@ class SparseModel(Classifier):
         self.weights = PyroModule[nn.ModuleDict]()
         self.units = PyroModule[nn.ModuleDict]()
         self.weight_layers: dict[str, str] = {}  # WeightSite key -> module path
+        self.weight_attrs: dict[str, str] = {}  # WeightSite key -> its parameter's name, where not "weight"
         self.placements: dict[str, list[Placement]] = {}
         self.groups: list[ChannelGroup] = []
         self.skipped: list[dict] = []  # channel groups left dense: {"group": root layer, "reason": ...}
@@ -382,20 +383,25 @@ class SparseModel(Classifier):
                          "rule": "prune if <", "keep": keep, "kept": int(keep.sum()), "total": keep.numel()})
         return rows
 
+    def weight_param(self, key: str) -> str:
+        """The parameter path (``module path.attribute``) of latent weight ``key``: ``fc1.weight``, or an attention's
+        packed projections ``attn.in_proj_weight``."""
+        return f"{self.weight_layers[key]}.{self.weight_attrs.get(key, 'weight')}"
+
     def site_name(self, container: str, key: str, attr: str) -> str:
         return f"{container}.{key}.{attr}"
 
     # --- test-time values ----------------------------------------------------------------------------------
     def test_weights(self, guide=None, threshold: float | None = None) -> dict[str, torch.Tensor]:
-        """``{module path.weight: θ with pruned weights zeroed}`` (SVD; empty for unit methods)."""
+        """``{parameter path (module path.weight): θ with pruned weights zeroed}`` (SVD; empty for unit methods)."""
         guide = guide or self._require_guide()
         method = METHODS[self.method]
         threshold = method.threshold if threshold is None else threshold
         out = {}
-        for key, path in self.weight_layers.items():
+        for key in self.weight_layers:
             q = guide.posterior(self.site_name("weights", key, "weight"))
             keep = method.weight_keep(q, threshold)
-            out[f"{path}.weight"] = torch.where(keep, q.loc, torch.zeros_like(q.loc)).detach()
+            out[self.weight_param(key)] = torch.where(keep, q.loc, torch.zeros_like(q.loc)).detach()
         return out
 
     def unit_posterior(self, key: str, guide=None) -> dict:
@@ -422,13 +428,13 @@ class SparseModel(Classifier):
             posterior = {key: self.unit_posterior(key) for key in self.placements}
         else:
             overrides = {}
-            for key, path in self.weight_layers.items():
+            for key in self.weight_layers:
                 site = self.weights[key]
                 w = site.weight
                 if site.train_clip is not None:
                     w = w.view_as(w) if w.is_leaf and w.requires_grad else w  # never tag a parameter
                     setattr(w, CLIP_TAG, site.train_clip)
-                overrides[f"{path}.weight"] = w
+                overrides[self.weight_param(key)] = w
         net = self._net()
         handles, heads = self._attach_units(net, test, posterior)
         try:
@@ -545,13 +551,21 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         raise InvalidInputError(f"sparsify({method!r}): no layer selected (supported types: "
                                 f"{', '.join(t.__name__ for t in spec.layer_types)}); check include/exclude")
     if spec.kind == "weights":
-        model.weight_layers = {key_of(name): name for name in chosen}
+        # an attention's packed query/key/value projections are a latent weight too (its output projection is an
+        # nn.Linear, chosen above)
+        attention = {f"{name}.in_proj": m for name, m in net.named_modules()
+                     if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim
+                     and (include is None or matches(include, name, m)) and not matches(exclude, name, m)}
         model.set_thresholds(weight=threshold)
-        for name, m in chosen.items():
-            model.weights[key_of(name)] = WeightSite(m.weight, spec.prior)
-            weight = m.weight.detach()
-            del m.weight  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
-            m.register_buffer("weight", weight)
+        for name, m in [*chosen.items(), *attention.items()]:
+            key, attr = key_of(name), "weight" if name in chosen else "in_proj_weight"
+            model.weight_layers[key] = name if name in chosen else name.rpartition(".")[0]
+            if attr != "weight":
+                model.weight_attrs[key] = attr
+            model.weights[key] = WeightSite(getattr(m, attr), spec.prior)
+            weight = getattr(m, attr).detach()
+            delattr(m, attr)  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
+            m.register_buffer(attr, weight)
         return model
     _attach_unit_latents(model, net, spec, chosen, example_input, options, bool(strict))
     model.set_thresholds(unit=threshold)

@@ -173,11 +173,12 @@ def test_vit_cifar_heads_and_mlp_units_compact_and_reload_by_name(tmp_path):
     assert torch.allclose(again(x), small(x), atol=1e-6)
 
 
-def test_svd_noise_reaches_the_attention_output_projection(monkeypatch):
+def test_svd_noise_reaches_the_attention_projections(monkeypatch):
     """``nn.MultiheadAttention`` reads ``out_proj.weight`` inside ``F.multi_head_attention_forward``, where no
     intercepted ``F.linear`` call saw it: SVD trained that latent weight at its mean, noise-free (its log α free to
-    grow at no cost to the likelihood). Now the call runs as pyro-sparse's attention inside the interception, so the
-    output projection gets the local reparameterisation like every other latent weight."""
+    grow at no cost to the likelihood), and left the packed query/key/value projections dense. Now they are latent
+    weights too, and the call runs as pyro-sparse's attention inside the interception, so both projections get the
+    local reparameterisation like every other latent weight."""
     import pyro_sparse.poutine.local as local
     from pyro_sparse.infer import SparseELBO
 
@@ -185,6 +186,7 @@ def test_svd_noise_reaches_the_attention_output_projection(monkeypatch):
     x, y = torch.randn(4, 6, 8), torch.randint(0, 3, (4,))
     model = sparsify(TinyTransformer(), "svd", x[:2], num_data=12)
     assert "attn.out_proj" in model.weight_layers.values()
+    assert model.weight_param("attn__in_proj") == "attn.in_proj_weight"
     guide = MeanFieldGuide(model)
     shapes = []
     real = local.linear
@@ -195,4 +197,13 @@ def test_svd_noise_reaches_the_attention_output_projection(monkeypatch):
 
     monkeypatch.setattr(local, "linear", spy)
     assert torch.isfinite(SparseELBO().differentiable_loss(model, guide, x, y))
-    assert shapes == [(16, 8), (16, 16), (32, 16), (16, 32), (3, 16)]  # embed, attn.out_proj, fc1, fc2, head
+    # embed, the attention's in_proj and out_proj, fc1, fc2, head
+    assert shapes == [(16, 8), (48, 16), (16, 16), (32, 16), (16, 32), (3, 16)]
+    # pruned projection weights are zeros of the compact attention's own parameters (SVD removes no head)
+    force_prune(guide, fraction=0.5, seed=0)
+    small = compact(model, guide, probe=x)
+    assert isinstance(small.attn, nn.MultiheadAttention) and isinstance(small.attn.in_proj_weight, nn.Parameter)
+    assert 0 < int(small.attn.in_proj_weight.eq(0).sum()) < 48 * 16
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)

@@ -198,12 +198,12 @@ class LocalOps(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.multi_head_attention_forward:  # nn.MultiheadAttention reads out_proj.weight inside this call
+        if func is F.multi_head_attention_forward:  # nn.MultiheadAttention reads its weights inside this call
             from ..nn.attention import _bind_mha_args, attention_call, packed_call
 
             a = _bind_mha_args(args, kwargs)
-            w = a["out_proj_weight"]
-            if torch.is_tensor(w) and hasattr(w, _TAG) and w.dim() == 2 and packed_call(a):
+            latent = [w for w in (a["in_proj_weight"], a["out_proj_weight"]) if torch.is_tensor(w) and hasattr(w, _TAG)]
+            if latent and all(w.dim() == 2 for w in latent) and packed_call(a):
                 with self:  # its projections as F.linear calls this mode sees (the latent one: local reparam.)
                     return attention_call(a)
         nd = self._OPS.get(func)
