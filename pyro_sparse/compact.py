@@ -133,8 +133,8 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         dg = None  # SVD needs no channel surgery: the pruned weights stay zeros, unread inputs still go
     alive, grouped_inputs = _prune_channels(net, dg, example, prune_root) if dg is not None else ({}, set())
     selects = _select_inputs(net, grouped_inputs, alive)
-    gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device)
-    _prune_heads(net, kept_heads)
+    _prune_heads(net, kept_heads, gated={p.module for _, _, p in dynamic.values() if p.where == "heads"})
+    gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device, kept_heads)
     net.eval()
     info = {
         "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
@@ -204,12 +204,12 @@ def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
     return prune_root, dynamic, kept_units, kept_heads
 
 
-def _prune_heads(net: nn.Module, kept: dict[str, list[int]]) -> None:
+def _prune_heads(net: nn.Module, kept: dict[str, list[int]], gated: set[str] = frozenset()) -> None:
     """Replace each ``nn.MultiheadAttention`` named in ``kept`` by a :class:`PrunedMultiheadAttention` holding only
-    its kept heads (when any is pruned)."""
+    its kept heads (when any is pruned, or its heads are ``gated``: the DBB gate lives in that module)."""
     for path, heads in kept.items():
         m = net.get_submodule(path)
-        if len(heads) < m.num_heads:
+        if len(heads) < m.num_heads or path in gated:
             _wrap(net, path, lambda attention, heads=heads: PrunedMultiheadAttention.from_attention(attention, heads))
 
 
@@ -283,15 +283,19 @@ def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dic
 
 
 def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, unit_threshold,
-                  device: torch.device) -> dict[str, dict]:
-    """DBB: a :class:`~pyro_sparse.nn.DynamicGate` (Eq. 24 on the kept units) beside each gated layer; returns the
-    gates' description ``{layer: {where, n, eps, threshold}}``."""
+                  device: torch.device, kept_heads: dict[str, list[int]]) -> dict[str, dict]:
+    """DBB: a :class:`~pyro_sparse.nn.DynamicGate` (Eq. 24 on the kept units) beside each gated layer (inside a
+    :class:`PrunedMultiheadAttention` for head gates); returns the gates' description ``{layer: {where, n, eps,
+    threshold}}``."""
     gates: dict[str, dict] = {}
     for unit, post, p in dynamic.values():
         size = unit.num_units
-        index = torch.tensor(alive.get((p.module, p.where), list(range(size))), dtype=torch.long)
+        kept = kept_heads[p.module] if p.where == "heads" else alive.get((p.module, p.where), list(range(size)))
+        index = torch.tensor(kept, dtype=torch.long)
         gate = unit.compact_gate(post, index, unit_threshold, features_last=p.where == "in").to(device)
-        if p.where == "out":
+        if p.where == "heads":
+            net.get_submodule(p.module).gate = gate
+        elif p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif p.module in selects:  # the gate acts on the inputs the Select keeps
             _wrap(net, p.module, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
@@ -456,8 +460,9 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
             and isinstance(h[2], list) and all(_is_int(i) for i in h[2]) for h in v),
         "selects": lambda v: isinstance(v, dict) and all(_is_int(n, 1) for n in v.values()),
         "gates": lambda v: isinstance(v, dict) and all(
-            isinstance(g, dict) and set(g) == {"where", "n", "eps", "threshold"} and g["where"] in ("in", "out")
-            and _is_int(g["n"], 1) and _is_number(g["eps"]) and _is_number(g["threshold"]) for g in v.values()),
+            isinstance(g, dict) and set(g) == {"where", "n", "eps", "threshold"}
+            and g["where"] in ("in", "out", "heads") and _is_int(g["n"], 1) and _is_number(g["eps"])
+            and _is_number(g["threshold"]) for g in v.values()),
         "factory": lambda v: v is None or isinstance(v, dict),
         "heads": lambda v: isinstance(v, dict) and all(
             isinstance(h, list) and 1 <= len(h) <= MAX_HEADS and all(_is_int(i) for i in h) and len(set(h)) == len(h)
@@ -578,8 +583,11 @@ def _replay(base: nn.Module, info: dict) -> None:
     for name in info["selects"]:
         if not isinstance(modules.get(name), nn.Linear):
             raise RunDirError(f"the recorded select names {name!r}, which is no nn.Linear of the base network")
-    for name in info["gates"]:
-        if not isinstance(modules.get(name), (*WEIGHT_LAYERS, *NORM_LAYERS)):
+    for name, g in info["gates"].items():
+        if g["where"] == "heads":
+            if name not in info["heads"] or g["n"] != len(info["heads"][name]):
+                raise RunDirError(f"the recorded head gate of {name!r} does not match its recorded heads")
+        elif not isinstance(modules.get(name), (*WEIGHT_LAYERS, *NORM_LAYERS)):
             raise RunDirError(f"the recorded gate names {name!r}, which is no weight or normalisation layer of the "
                               "base network")
     for name, kept in info["heads"].items():
@@ -596,12 +604,15 @@ def _replay(base: nn.Module, info: dict) -> None:
             raise RunDirError(f"the recorded select of {name!r} keeps {n} inputs of {layer.in_features}")
         tp.prune_linear_in_channels(layer, list(range(n, layer.in_features)))
         _wrap(base, name, lambda layer, n=n: nn.Sequential(Select(torch.zeros(n, dtype=torch.long)), layer))
+    heads_gated = {name for name, g in info["gates"].items() if g["where"] == "heads"}
+    _prune_heads(base, info["heads"], gated=heads_gated)
     for name, g in info["gates"].items():
         gate = DynamicGate(g["n"], g["eps"], g["threshold"], features_last=g["where"] == "in")
-        if g["where"] == "out":
+        if g["where"] == "heads":
+            base.get_submodule(name).gate = gate
+        elif g["where"] == "out":
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif name in info["selects"]:
             _wrap(base, name, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
         else:
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(gate, layer))
-    _prune_heads(base, info["heads"])

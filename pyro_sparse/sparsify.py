@@ -631,8 +631,6 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
         del chosen[name]
         attention = name.rpartition(".")[0]
         problem = head_pruning_problem(net.get_submodule(attention))
-        if problem is None and getattr(spec.unit, "input_dependent", False):
-            problem = "input-dependent head gates (DBB) are not implemented yet"
         if problem is None:
             heads.append((attention, net.get_submodule(attention).num_heads))
             continue

@@ -139,15 +139,38 @@ def test_compact_removes_heads_and_the_files_name_only_heads_that_exist(method, 
             load_compact(tmp_path / "t", factory=TinyTransformer)
 
 
-def test_dbb_leaves_heads_dense_and_says_why():
-    x = torch.randn(2, 6, 8)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = sparsify(TinyTransformer(), "dbb", x, num_data=12)
-    assert not any(p[0].where == "heads" for p in model.placements.values())
-    reasons = {s["group"]: s["reason"] for s in model.skipped}
-    assert "input-dependent head gates (DBB) are not implemented yet" in reasons["attn.out_proj"]
-    assert any("attn.out_proj" in str(w.message) for w in caught)
+def test_dbb_head_gates_are_input_dependent_and_stay_in_the_compact_attention(tmp_path):
+    """DBB: one input-dependent gate per head (Eq. 24 on the head's output averaged over tokens and width); compact
+    keeps it as a DynamicGate inside the PrunedMultiheadAttention, on the kept heads only, exact and reloadable."""
+    from pyro_sparse.metrics import gate_fractions
+    from pyro_sparse.nn import DynamicGate
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(TinyTransformer(), "dbb", x[:2], num_data=12)
+        assert model.placements["attn_heads"][0].where == "heads" and model.units["attn_heads"].input_dependent
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide, seed=3)
+        small = compact(model, guide, probe=x)
+    kept = small.pyro_sparse_compact["heads"]["attn"]
+    assert isinstance(small.attn, PrunedMultiheadAttention) and isinstance(small.attn.gate, DynamicGate)
+    assert small.attn.gate.num_units == small.attn.num_heads == len(kept)
+    assert small.pyro_sparse_compact["gates"]["attn"]["where"] == "heads"
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert 0.0 <= gate_fractions(small, x)[id(small.attn.gate)] <= 1.0
+    save_compact(small, tmp_path / "d")
+    again = load_compact(tmp_path / "d", factory=TinyTransformer)
+    assert isinstance(again.attn.gate, DynamicGate) and torch.allclose(again(x), small(x), atol=1e-6)
+    spec = json.loads((tmp_path / "d" / "compact.json").read_text())
+    spec["gates"]["attn"]["n"] += 1
+    (tmp_path / "d" / "compact.json").write_text(json.dumps(spec))
+    with pytest.raises(RunDirError, match="head gate of 'attn' does not match its recorded heads"):
+        load_compact(tmp_path / "d", factory=TinyTransformer)
 
 
 def test_vit_cifar_heads_and_mlp_units_compact_and_reload_by_name(tmp_path):

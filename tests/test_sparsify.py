@@ -460,9 +460,9 @@ def test_svd_needs_no_dependency_tracer(tmp_path):
 @pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
 def test_vision_transformer_units_where_exact(method, tmp_path):
     """A torchvision ViT (small config): the residual stream, normalised by LayerNorm across its channels, stays
-    dense and is reported (``model.skipped`` and one warning); each attention layer gets one latent per head (SBP,
-    BB; DBB's input-dependent head gates are not implemented: reported), the MLP hidden units and the dense layers'
-    input features of ``[B, T, F]`` tokens one per unit; one SVI step, then ``compact`` removes heads and MLP units
+    dense and is reported (``model.skipped`` and one warning); each attention layer gets one latent per head (DBB:
+    an input-dependent gate per head), the MLP hidden units and the dense layers' input features of ``[B, T, F]``
+    tokens one per unit; one SVI step, then ``compact`` removes heads and MLP units
     physically (a :class:`PrunedMultiheadAttention` holds the kept heads), exact against the eval-mode model, with
     fewer FLOPs, and reloads."""
     import warnings
@@ -484,12 +484,9 @@ def test_vision_transformer_units_where_exact(method, tmp_path):
     if method != "svd":
         assert any("left dense" in str(w.message) for w in caught)
         skipped = {s["group"]: s["reason"] for s in model.skipped}
-        if method == "dbb":
-            assert not heads and "input-dependent head gates" in skipped[f"{attention}.out_proj"]
-        else:
-            assert heads == ["encoder__layers__encoder_layer_0__self_attention_heads",
-                             "encoder__layers__encoder_layer_1__self_attention_heads"]
-            assert model.units[heads[0]].num_units == 4 and f"{attention}.out_proj" not in skipped
+        assert heads == ["encoder__layers__encoder_layer_0__self_attention_heads",
+                         "encoder__layers__encoder_layer_1__self_attention_heads"]
+        assert model.units[heads[0]].num_units == 4 and f"{attention}.out_proj" not in skipped
         with pytest.raises(UnsupportedModelError):
             sparsify(factory(), method, x, strict=True)
     guide = MeanFieldGuide(model)

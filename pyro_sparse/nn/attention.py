@@ -170,6 +170,8 @@ class PrunedMultiheadAttention(nn.Module):
     (no dropout).
 
     :ivar kept: the indices of the original heads it holds (``[num_heads]``, a buffer).
+    :ivar gate: ``None``, or a module applied to the heads' outputs ``[B, num_heads, T, head_dim]`` before the output
+        projection (a DBB network's :class:`~pyro_sparse.nn.DynamicGate`: input-dependent head gates).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True, batch_first: bool = False):
@@ -180,6 +182,7 @@ class PrunedMultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * hd)) if bias else None
         self.out_proj = nn.Linear(hd, embed_dim, bias=bias)
         self.register_buffer("kept", torch.arange(num_heads))
+        self.gate: nn.Module | None = None
 
     @classmethod
     @torch.no_grad()
@@ -219,7 +222,7 @@ class PrunedMultiheadAttention(nn.Module):
         out, weights = multihead_attention(
             query, key, value, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight,
             self.out_proj.bias, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights,
-            average_attn_weights=average_attn_weights, is_causal=is_causal)
+            average_attn_weights=average_attn_weights, is_causal=is_causal, head_multiplier=self.gate)
         if not batched:
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         if not self.batch_first:
