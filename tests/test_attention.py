@@ -163,6 +163,7 @@ def test_dbb_head_gates_are_input_dependent_and_stay_in_the_compact_attention(tm
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-5)
     assert 0.0 <= gate_fractions(small, x)[id(small.attn.gate)] <= 1.0
+    export(small, tmp_path / "d.pt2", x[:1], format="torch.export")  # checked against the network
     save_compact(small, tmp_path / "d")
     again = load_compact(tmp_path / "d", factory=TinyTransformer)
     assert isinstance(again.attn.gate, DynamicGate) and torch.allclose(again(x), small(x), atol=1e-6)
