@@ -234,9 +234,11 @@ def test_reproduce_paper_budget_runs_the_chosen_recipes(tmp_path):
     assert (bb["noise"], bb["lr_latent"], bb["lr_schedule"]) == ("per-batch", 0.1, "linear")
     dbb = row_options("lenet500", "dbb", 200, 0, "mnist", None, tmp_path, "paper")
     assert (dbb["noise"], dbb["lr_latent"], dbb["init_from"]) == ("per-batch", 0.01, str(tmp_path / "bb"))
+    sbp = row_options("lenet500", "sbp", 200, 0, "mnist", None, tmp_path, "paper")
+    assert sbp["lr_latent"] == 0.03 and sbp["init_from"] == str(tmp_path / "dense")
     assert "noise" not in row_options("lenet500", "bb", 30, 0, "mnist", None, tmp_path, "cpu")
     assert BUDGETS["paper"]["lenet500"]["dense"] == 20
-    for options in (bb, dbb):
+    for options in (bb, dbb, sbp):
         check_options(stage_options(options))
         assert "--lr-latent" in command_line(stage_options(options))
 
