@@ -53,7 +53,7 @@ from .errors import (
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DynamicGate, Select
-from .nn.attention import PrunedMultiheadAttention
+from .nn.attention import HeadGate, PrunedMultiheadAttention, is_qkv_attention, prune_qkv_heads
 from .sparsify import (
     SparseModel,
     _attention_projections,
@@ -206,10 +206,14 @@ def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
 
 def _prune_heads(net: nn.Module, kept: dict[str, list[int]], gated: set[str] = frozenset()) -> None:
     """Replace each ``nn.MultiheadAttention`` named in ``kept`` by a :class:`PrunedMultiheadAttention` holding only
-    its kept heads (when any is pruned, or its heads are ``gated``: the DBB gate lives in that module)."""
+    its kept heads (when any is pruned, or its heads are ``gated``: the DBB gate lives in that module); shrink each
+    qkv attention (timm's ``Attention``) in place (:func:`~pyro_sparse.nn.attention.prune_qkv_heads`)."""
     for path, heads in kept.items():
         m = net.get_submodule(path)
-        if len(heads) < m.num_heads or path in gated:
+        if not isinstance(m, nn.MultiheadAttention):
+            if len(heads) < m.num_heads:
+                prune_qkv_heads(m, heads)
+        elif len(heads) < m.num_heads or path in gated:
             _wrap(net, path, lambda attention, heads=heads: PrunedMultiheadAttention.from_attention(attention, heads))
 
 
@@ -218,9 +222,12 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
     returns ``(alive channels per (layer, "in"/"out"), layers whose inputs belong to a group)``."""
     outputs = _output_layers(net, example)
     names = {m: n for n, m in net.named_modules()}
+    heads = _head_channels(net)
     grouped_inputs: set[str] = set()
     for root, group in channel_groups(net, dg, outputs):
         k = len(group.items[0].idxs)
+        if any((it.dep.target.module, layers.is_out(it.dep.handler, dg)) in heads for it in group.items):
+            continue  # a qkv attention's heads: they go a whole head at a time (_prune_heads)
         if _group_places(group, root, k, names, dg)[1] is not None:  # not removable exactly: the group stays whole
             prune_root[root] = set()  # (a dense layer reading it still drops unread inputs, through a Select)
             continue
@@ -259,6 +266,16 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
     return alive, grouped_inputs
 
 
+def _head_channels(net: nn.Module) -> set[tuple[nn.Module, bool]]:
+    """``(layer, is output side)`` of every qkv attention's head features: ``qkv`` and ``gate`` outputs, ``proj``
+    inputs (Torch-Pruning couples them through the reshapes, but not head by head)."""
+    out = set()
+    for m in net.modules():
+        if is_qkv_attention(m):
+            out |= {(m.qkv, True), (m.proj, False), (getattr(m, "gate", None), True)}
+    return out
+
+
 def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dict[str, int]:
     """Input features no dense layer outside a group reads any more: dropped, with a ``Select`` before the layer;
     returns ``{layer: inputs kept}``."""
@@ -294,7 +311,7 @@ def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, uni
         index = torch.tensor(kept, dtype=torch.long)
         gate = unit.compact_gate(post, index, unit_threshold, features_last=p.where == "in").to(device)
         if p.where == "heads":
-            net.get_submodule(p.module).gate = gate
+            _attach_head_gate(net, p.module, gate)
         elif p.where == "out":
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif p.module in selects:  # the gate acts on the inputs the Select keeps
@@ -303,6 +320,16 @@ def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, uni
             _wrap(net, p.module, lambda layer, gate=gate: nn.Sequential(gate, layer))
         gates[p.module] = {"where": p.where, "n": int(index.numel()), "eps": gate.eps, "threshold": gate.threshold}
     return gates
+
+
+def _attach_head_gate(net: nn.Module, path: str, gate: DynamicGate) -> None:
+    """A DBB head gate: inside the :class:`PrunedMultiheadAttention` at ``path``, or in front of a qkv attention's
+    ``proj`` (:class:`~pyro_sparse.nn.attention.HeadGate`)."""
+    m = net.get_submodule(path)
+    if isinstance(m, PrunedMultiheadAttention):
+        m.gate = gate
+    else:
+        _wrap(net, f"{path}.proj", lambda proj: nn.Sequential(HeadGate(gate, m.num_heads), proj))
 
 
 def check_guide(model: SparseModel, guide) -> None:
@@ -592,9 +619,9 @@ def _replay(base: nn.Module, info: dict) -> None:
                               "base network")
     for name, kept in info["heads"].items():
         m = modules.get(name)
-        if not isinstance(m, nn.MultiheadAttention) or max(kept) >= m.num_heads:
+        if not (isinstance(m, nn.MultiheadAttention) or is_qkv_attention(m)) or max(kept) >= m.num_heads:
             raise RunDirError(f"the recorded heads of {name!r} ({len(kept)} kept, up to head {max(kept)}) are no heads "
-                              "of an nn.MultiheadAttention of the base network")
+                              "of an attention layer (nn.MultiheadAttention, qkv attention) of the base network")
     if info["history"]:  # (an SVD network of a net the tracer cannot follow records none)
         dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
         dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
@@ -609,7 +636,7 @@ def _replay(base: nn.Module, info: dict) -> None:
     for name, g in info["gates"].items():
         gate = DynamicGate(g["n"], g["eps"], g["threshold"], features_last=g["where"] == "in")
         if g["where"] == "heads":
-            base.get_submodule(name).gate = gate
+            _attach_head_gate(base, name, gate)
         elif g["where"] == "out":
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(layer, gate))
         elif name in info["selects"]:

@@ -45,8 +45,12 @@ def channels(m: nn.Module, side: str, dg=None) -> int:
 def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=None) -> None:
     """Multiply the channels of ``m``'s output (``where="out"``: weight rows and bias, or a normalisation layer's
     affine parameters) or input (``"in"``: weight columns), or the heads of an ``nn.MultiheadAttention``
-    (``"heads"``: each head's value rows), by ``factor [K]``; with ``index`` / ``root_index``,
+    (``"heads"``: each head's value rows; a qkv attention's: its columns of ``proj``), by ``factor [K]``; with
+    ``index`` / ``root_index``,
     channel ``index[i]`` gets ``factor[root_index[i]]`` and the others 1."""
+    if where == "heads" and not isinstance(m, nn.MultiheadAttention):  # a qkv attention: proj's head columns
+        m.proj.weight.mul_(factor.to(m.proj.weight).repeat_interleave(m.head_dim).view(1, -1))
+        return
     if where == "heads":  # an nn.MultiheadAttention: a head's output is linear in its value rows
         h, e = m.num_heads, m.embed_dim
         f = factor.to(m.in_proj_weight).repeat_interleave(e // h)

@@ -65,7 +65,14 @@ from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
 from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_grouped, is_out
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
-from .nn.attention import HeadLatents, head_pruning_problem
+from .nn.attention import (
+    HeadLatents,
+    features_of_heads,
+    head_pruning_problem,
+    heads_of_features,
+    is_qkv_attention,
+    qkv_head_problem,
+)
 from .nn.svd import WeightSite
 from .nn.units import BN_INIT_KEEP, _broadcast_units
 from .poutine.local import CLIP_TAG, LocalOps
@@ -241,8 +248,9 @@ def execution_order(net: nn.Module, example_input: torch.Tensor) -> dict[str, in
     def record(m, i):
         order.setdefault(names[id(m)], len(order))
 
+    # leaf modules and attention layers (an nn.MultiheadAttention's out_proj is never called)
     handles = [m.register_forward_pre_hook(record) for m in net.modules()
-               if not list(m.children()) or isinstance(m, nn.MultiheadAttention)]  # (its out_proj is never called)
+               if not list(m.children()) or isinstance(m, nn.MultiheadAttention) or is_qkv_attention(m)]
     try:
         with torch.no_grad():
             net(example_input)
@@ -262,7 +270,10 @@ def dependency_graph(net: nn.Module, example_input: torch.Tensor):
     was_training = net.training
     net.eval()
     try:
-        with torch.enable_grad():  # the tracer follows autograd
+        with torch.enable_grad(), warnings.catch_warnings():  # the tracer follows autograd
+            # (parameters outside any layer, e.g. a ViT's class token [1, 1, D] and position embedding [1, N, D]:
+            # Torch-Pruning prunes them along their last dimension, their channels; nothing for a user to act on)
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             return tp.DependencyGraph().build_dependency(net, example_inputs=example_input)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -478,9 +489,14 @@ class SparseModel(Classifier):
                         return apply_units(t.movedim(-1, 1)).movedim(1, -1)
                     return apply_units(t)
 
-                if p.where == "heads":  # the attention's heads' outputs [B, H, T, d]
+                if p.where == "heads" and isinstance(module, nn.MultiheadAttention):  # heads' outputs [B, H, T, d]
                     heads[id(module.out_proj.weight)] = apply_units
                     continue
+                if p.where == "heads":  # a qkv attention: the heads' outputs as its projection's input features
+                    h = module.num_heads
+                    apply = (lambda t, h=h, apply_units=apply_units:  # noqa: E731
+                             features_of_heads(apply_units(heads_of_features(t, h))))
+                    module = module.proj
                 if compiled:  # a compiled network runs the hooks eagerly: the graph breaks at each draw (Pyro's
                     apply = torch.compiler.disable(apply)  # handlers are untraceable), but is never recompiled
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
@@ -520,21 +536,7 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         exactly (the message names it and the way out: ``exclude`` its producer); the tracer cannot follow the
         network (unit methods).
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if not isinstance(net, nn.Module):
-        raise InvalidInputError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    if not torch.is_tensor(example_input) or example_input.dim() < 2 or example_input.shape[0] < 1:
-        raise InvalidInputError("example_input must be a batch tensor [B, *input_shape] with B >= 1, got "
-                                f"{list(example_input.shape) if torch.is_tensor(example_input) else example_input!r}")
-    if not example_input.is_floating_point() or example_input.device.type not in ("cpu", "cuda"):
-        raise InvalidInputError(f"example_input must be a float tensor on cpu or cuda (a batch of real inputs), got "
-                                f"{example_input.dtype} on {example_input.device}")
-    if not bool(torch.isfinite(example_input).all()):
-        raise InvalidInputError("example_input holds non-finite values; expected a batch of real inputs")
-    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1):
-        raise InvalidInputError(f"num_data must be the number of training examples (a positive integer), got "
-                                f"{num_data!r}")
+    _check_sparsify_args(method, net, example_input, num_data)
     spec = METHODS[method]
     threshold = options.pop("threshold", None)
     options = _unit_options(spec, options)
@@ -551,25 +553,50 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         raise InvalidInputError(f"sparsify({method!r}): no layer selected (supported types: "
                                 f"{', '.join(t.__name__ for t in spec.layer_types)}); check include/exclude")
     if spec.kind == "weights":
-        # an attention's packed query/key/value projections are a latent weight too (its output projection is an
-        # nn.Linear, chosen above)
-        attention = {f"{name}.in_proj": m for name, m in net.named_modules()
-                     if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim
-                     and (include is None or matches(include, name, m)) and not matches(exclude, name, m)}
+        _attach_weight_latents(model, net, spec, chosen, include, exclude)
         model.set_thresholds(weight=threshold)
-        for name, m in [*chosen.items(), *attention.items()]:
-            key, attr = key_of(name), "weight" if name in chosen else "in_proj_weight"
-            model.weight_layers[key] = name if name in chosen else name.rpartition(".")[0]
-            if attr != "weight":
-                model.weight_attrs[key] = attr
-            model.weights[key] = WeightSite(getattr(m, attr), spec.prior)
-            weight = getattr(m, attr).detach()
-            delattr(m, attr)  # the latent θ replaces the point estimate; the tensor stays, as a buffer, for compact()
-            m.register_buffer(attr, weight)
         return model
     _attach_unit_latents(model, net, spec, chosen, example_input, options, bool(strict))
     model.set_thresholds(unit=threshold)
     return model
+
+
+def _check_sparsify_args(method, net, example_input, num_data) -> None:
+    """:func:`sparsify`'s arguments by type and value. :raises InvalidInputError: one line naming the argument."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not isinstance(net, nn.Module):
+        raise InvalidInputError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not torch.is_tensor(example_input) or example_input.dim() < 2 or example_input.shape[0] < 1:
+        raise InvalidInputError("example_input must be a batch tensor [B, *input_shape] with B >= 1, got "
+                                f"{list(example_input.shape) if torch.is_tensor(example_input) else example_input!r}")
+    if not example_input.is_floating_point() or example_input.device.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"example_input must be a float tensor on cpu or cuda (a batch of real inputs), got "
+                                f"{example_input.dtype} on {example_input.device}")
+    if not bool(torch.isfinite(example_input).all()):
+        raise InvalidInputError("example_input holds non-finite values; expected a batch of real inputs")
+    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1):
+        raise InvalidInputError(f"num_data must be the number of training examples (a positive integer), got "
+                                f"{num_data!r}")
+
+
+def _attach_weight_latents(model: SparseModel, net: nn.Module, spec: Method, chosen: dict[str, nn.Module],
+                           include, exclude) -> None:
+    """A latent weight (``spec.prior``, :class:`~pyro_sparse.nn.svd.WeightSite`) for each chosen layer's ``weight``
+    and each selected ``nn.MultiheadAttention``'s packed query/key/value ``in_proj_weight`` (its output projection
+    is an ``nn.Linear``, chosen as such); the point estimate stays as a buffer, for :func:`compact`."""
+    attention = {f"{name}.in_proj": m for name, m in net.named_modules()
+                 if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim
+                 and (include is None or matches(include, name, m)) and not matches(exclude, name, m)}
+    for name, m in [*chosen.items(), *attention.items()]:
+        key, attr = key_of(name), "weight" if name in chosen else "in_proj_weight"
+        model.weight_layers[key] = name if name in chosen else name.rpartition(".")[0]
+        if attr != "weight":
+            model.weight_attrs[key] = attr
+        model.weights[key] = WeightSite(getattr(m, attr), spec.prior)
+        weight = getattr(m, attr).detach()
+        delattr(m, attr)  # the latent θ replaces the point estimate; the tensor stays, as a buffer
+        m.register_buffer(attr, weight)
 
 
 def _unit_options(spec: Method, options: dict) -> dict:
@@ -630,14 +657,19 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
     for name in _attention_projections(net, chosen):  # read as .weight by the attention: no unit on their inputs
         del chosen[name]
         attention = name.rpartition(".")[0]
-        problem = head_pruning_problem(net.get_submodule(attention))
+        m = net.get_submodule(attention)
+        problem = head_pruning_problem(m) if isinstance(m, nn.MultiheadAttention) else qkv_head_problem(m)
         if problem is None:
-            heads.append((attention, net.get_submodule(attention).num_heads))
+            heads.append((attention, m.num_heads))
             continue
-        reason = f"the heads of the nn.MultiheadAttention {attention!r} get no latent: {problem}"
+        reason = f"the heads of the {type(m).__name__} {attention!r} get no latent: {problem}"
         if strict:
             raise UnsupportedModelError(f"{reason}; exclude its output projection (exclude=[{name!r}])")
         model.skipped.append({"group": name, "reason": reason})
+    for name, m in net.named_modules():  # heads that cannot go: the projection's input features are units instead
+        if is_qkv_attention(m) and f"{name}.proj" in chosen and qkv_head_problem(m):
+            model.skipped.append({"group": name, "reason": f"the heads of the {type(m).__name__} {name!r} get no "
+                                  f"latent: {qkv_head_problem(m)}; its projection's input features get one each"})
     _place_units(model, net, spec, chosen, example_input, options, strict=strict, heads=heads)
     if model.skipped:
         groups = ", ".join(repr(s["group"]) for s in model.skipped)
@@ -647,11 +679,14 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
 
 
 def _attention_projections(net: nn.Module, chosen: dict) -> list[str]:
-    """The layers of ``chosen`` (names) that belong to an ``nn.MultiheadAttention`` (its ``out_proj``): the attention
-    uses their weight inside its own functional call, so neither a hook nor a ``Select`` in front of them would be
-    seen (:func:`sparsify` puts no unit there, :func:`pyro_sparse.compact` no ``Select``)."""
+    """The layers of ``chosen`` (names) that take an attention's heads' outputs: an ``nn.MultiheadAttention``'s
+    ``out_proj`` (the attention uses its weight inside its own functional call, so neither a hook nor a ``Select`` in
+    front of it would be seen) and a qkv attention's ``proj`` (its inputs are the heads; :func:`sparsify` puts the
+    head latents there, :func:`pyro_sparse.compact` no ``Select``)."""
     inside = {f"{name}.{child}" for name, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)
               for child, _ in m.named_modules() if child}
+    # (a qkv attention whose heads cannot go: its projection's input features are units, as any dense layer's)
+    inside |= {f"{name}.proj" for name, m in net.named_modules() if is_qkv_attention(m) and not qkv_head_problem(m)}
     return [name for name in chosen if name in inside]
 
 

@@ -129,8 +129,8 @@ def test_compact_removes_heads_and_the_files_name_only_heads_that_exist(method, 
            format="onnx" if method == "sbp" else "torch.export")
     spec_path = tmp_path / "t" / "compact.json"
     spec = json.loads(spec_path.read_text())
-    for bad, match in (({"fc1": [0]}, "no heads of an nn.MultiheadAttention"),
-                       ({"attn": [0, 9]}, "no heads of an nn.MultiheadAttention"),
+    for bad, match in (({"fc1": [0]}, "no heads of an attention layer"),
+                       ({"attn": [0, 9]}, "no heads of an attention layer"),
                        ({"attn": [0, 0]}, "entry 'heads' is missing or malformed"),
                        ({"attn": []}, "entry 'heads' is missing or malformed"),
                        ({"attn": "0"}, "entry 'heads' is missing or malformed")):
@@ -231,3 +231,148 @@ def test_svd_noise_reaches_the_attention_projections(monkeypatch):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
+class QKVAttention(nn.Module):
+    """Attention laid out as timm's ``Attention`` (timm 1.x): a packed ``qkv`` projection read as
+    ``[3, num_heads, head_dim]``, the heads' outputs side by side (``attn_dim`` features), then ``proj``; optional
+    output gate (``gated``) and normalisation over the heads' outputs (``scale_norm``)."""
+
+    def __init__(self, dim: int, num_heads: int, gated: bool = False, scale_norm: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.gate = nn.Linear(dim, self.attn_dim) if gated else None
+        self.norm = nn.LayerNorm(self.attn_dim) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        o = self.norm(o.transpose(1, 2).reshape(b, n, self.attn_dim))
+        if self.gate is not None:
+            o = o * self.gate(x).sigmoid()
+        return self.proj(o)
+
+
+class TinyQKVTransformer(nn.Module):
+    """Tokens ``[B, 6, 8]``: an embedding, two pre-norm blocks with a 4-head qkv attention (the second gated) and an
+    MLP."""
+
+    def __init__(self, scale_norm: bool = False):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.norms = nn.ModuleList(nn.LayerNorm(16) for _ in range(4))
+        self.attn = nn.ModuleList([QKVAttention(16, 4, scale_norm=scale_norm), QKVAttention(16, 4, gated=True)])
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)) for _ in range(2))
+
+    def forward(self, x):
+        h = self.embed(x)
+        for i in range(2):
+            h = h + self.attn[i](self.norms[2 * i](h))
+            h = h + self.mlp[i](self.norms[2 * i + 1](h))
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb", "dbb"])
+def test_qkv_attention_heads_are_units_and_compact_removes_them_in_place(method, tmp_path):
+    """timm-style attention (issue 28, item 2): one latent per head on the inputs of ``proj``; ``compact`` keeps the
+    user's module, with fewer heads (``qkv`` rows, ``gate`` rows, ``proj`` columns, ``num_heads``, ``attn_dim``),
+    exact against the eval-mode model; DBB's head gates sit in front of ``proj``; save/load replays it."""
+    from pyro_sparse.nn import DynamicGate
+    from pyro_sparse.nn.attention import HeadGate
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the residual stream is left dense: LayerNorm)
+        model = sparsify(TinyQKVTransformer(), method, x[:2], num_data=12)
+        for i in range(2):
+            (place,) = model.placements[f"attn__{i}_heads"]
+            assert place.where == "heads" and model.units[f"attn__{i}_heads"].num_units == 4
+        assert not any(p.module.endswith(".proj") for ps in model.placements.values() for p in ps)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide, seed=3)
+        rows = {r["site"].split(".")[1]: r for r in model.summary(guide) if "_heads" in r["site"]}
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    kept = small.pyro_sparse_compact["heads"]
+    assert sum(len(h) for h in kept.values()) < 8
+    for i in range(2):
+        a = small.attn[i]
+        assert type(a) is QKVAttention and kept[f"attn.{i}"] == rows[f"attn__{i}_heads"]["keep"].nonzero().flatten(
+        ).tolist() or [0]
+        assert a.num_heads == len(kept[f"attn.{i}"]) and a.attn_dim == 4 * a.num_heads
+        qkv = a.qkv[-1] if isinstance(a.qkv, nn.Sequential) else a.qkv  # (a Select in front: unread inputs gone)
+        assert qkv.out_features == 3 * a.attn_dim and qkv.weight.shape[0] == 3 * a.attn_dim
+        proj = a.proj[1] if method == "dbb" else a.proj
+        assert proj.weight.shape == (16, a.attn_dim)
+        if method == "dbb":
+            assert isinstance(a.proj[0], HeadGate) and isinstance(a.proj[0].gate, DynamicGate)
+            assert a.proj[0].gate.num_units == a.num_heads
+    gate = small.attn[1].gate
+    assert (gate[-1] if isinstance(gate, nn.Sequential) else gate).weight.shape[0] == small.attn[1].attn_dim
+    assert network_cost(small, x[:2])["params"] < network_cost(TinyQKVTransformer(), x[:2])["params"]
+    save_compact(small, tmp_path / "q")
+    again = load_compact(tmp_path / "q", factory=TinyQKVTransformer)
+    assert torch.allclose(again(x), small(x), atol=1e-6)
+
+
+def test_qkv_attention_with_a_norm_over_its_heads_keeps_its_heads_and_says_why():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 8)
+    with pyro.settings.context(module_local_params=True), pytest.warns(UserWarning, match="'attn.0'"):
+        model = sparsify(TinyQKVTransformer(scale_norm=True), "bb", x, strict=True)  # exact all the same
+    assert "attn__0_heads" not in model.placements and "attn__1_heads" in model.placements
+    assert [p.where for p in model.placements["attn__0__proj_units"]] == ["in"]  # per feature, as any dense layer
+    (reason,) = [s["reason"] for s in model.skipped if "attn.0" in s["reason"]]
+    assert "normalisation over all heads' outputs" in reason and "input features get one each" in reason
+
+
+TIMM = {  # timm's smallest ViT and DeiT at CIFAR-10 size, random weights (no download): issue 28, item 4
+    "vit": "vit_tiny_patch16_224",
+    "deit": "deit_tiny_patch16_224",
+}
+
+
+def _timm_net(arch: str) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model(TIMM[arch], pretrained=False, img_size=32, patch_size=4, num_classes=10, depth=2)
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+@pytest.mark.parametrize("arch", list(TIMM))
+def test_timm_vision_transformers(arch, method, tmp_path):
+    """timm's ViT / DeiT: one latent per head of every block's ``Attention`` and per MLP hidden unit (SVD: priors on
+    every projection); forced pruning; compact keeps timm's own modules with fewer heads, equals the eval-mode model,
+    and reloads exactly from a factory."""
+    net = _timm_net(arch)
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(net, method, x[:2], num_data=6)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y, steps=1)
+        force_prune(guide, seed=1)
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    if method == "svd":
+        assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.mlp.fc1"} <= set(model.weight_layers.values())
+    else:
+        assert [k for k, p in model.placements.items() if p[0].where == "heads"] == ["blocks__0__attn_heads",
+                                                                                      "blocks__1__attn_heads"]
+        kept = small.pyro_sparse_compact["heads"]
+        assert sum(len(h) for h in kept.values()) < 6  # 2 blocks x 3 heads
+        assert all(type(b.attn).__name__ == "Attention" and b.attn.num_heads == len(kept[f"blocks.{i}.attn"])
+                   for i, b in enumerate(small.blocks))
+    save_compact(small, tmp_path / arch)
+    again = load_compact(tmp_path / arch, factory=lambda: _timm_net(arch))
+    assert torch.allclose(again(x), small(x), atol=1e-6)

@@ -605,3 +605,14 @@ def test_modern_zoo(arch, method, tmp_path):
         assert ("LayerNorm" in reasons) if arch == "convnext" else ("grouped convolution" in reasons)
     save_compact(small, tmp_path / arch)
     assert torch.equal(load_compact(tmp_path / arch, factory=MODERN[arch])(x), small(x))
+
+
+def test_the_threshold_option_sets_every_methods_keep_rule():
+    """``sparsify(..., threshold=t)`` is the keep rule's threshold for weight methods too (SVD's log α; it was refused
+    before the latent weights were attached)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x = torch.zeros(2, 4)
+    assert sparsify(net, "svd", x, threshold=2.0).weight_threshold() == 2.0
+    assert sparsify(net, "svd", x).weight_threshold() == 3.0
+    with pytest.raises(InvalidInputError, match="weight threshold must be a finite number"):
+        sparsify(net, "svd", x, threshold=float("nan"))

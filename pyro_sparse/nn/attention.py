@@ -7,6 +7,14 @@ same columns of the output projection (``d = embed_dim / num_heads``). Its laten
 ``softmax(Q_h K_hᵀ / √d) V_h`` before the output projection — the same as multiplying its value rows, which is how
 :func:`pyro_sparse.compact` folds a kept head's test-time multiplier; a pruned head's rows and columns are removed
 (:class:`PrunedMultiheadAttention`), exactly: a head contributes to the output only through its value rows.
+
+The same holds for a **qkv attention** — timm's ``Attention`` (``timm.layers.Attention``, the ViT/DeiT blocks) and any
+module laid out like it (:func:`is_qkv_attention`): a packed ``qkv`` ``nn.Linear`` whose output is read as
+``[3, num_heads, head_dim]``, the heads' outputs concatenated to ``attn_dim = num_heads·head_dim`` features and
+``proj`` applied to them. There a head's latent multiplies its ``head_dim`` input features of ``proj`` (a hook), a
+kept head's test-time multiplier folds into those columns, and a pruned head's rows of ``qkv`` (and of the optional
+``gate`` projection) and columns of ``proj`` are removed in place, with ``num_heads`` and ``attn_dim`` lowered
+(:func:`prune_qkv_heads`): the module stays the user's class.
 """
 
 from __future__ import annotations
@@ -27,6 +35,86 @@ def head_pruning_problem(m: nn.MultiheadAttention) -> str | None:
     if m.bias_k is not None or m.add_zero_attn:
         return "it adds learned key/value biases (add_bias_kv) or a zero attention slot (add_zero_attn)"
     return None
+
+
+def is_qkv_attention(m: nn.Module) -> bool:
+    """Whether ``m`` is laid out as timm's ``Attention``: ``qkv`` and ``proj`` ``nn.Linear`` layers and integer
+    ``num_heads``, ``head_dim``, ``attn_dim = num_heads·head_dim`` with ``qkv`` giving ``3·attn_dim`` and ``proj``
+    taking ``attn_dim`` features (its forward reads ``num_heads`` and ``attn_dim`` when it reshapes, so removing heads
+    in place keeps it valid; :func:`pyro_sparse.compact` checks the result against the model)."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    h, d, hd = (getattr(m, a, None) for a in ("num_heads", "head_dim", "attn_dim"))
+    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear) or isinstance(m, nn.MultiheadAttention):
+        return False
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, d, hd)):
+        return False
+    return hd == h * d and qkv.out_features == 3 * hd and proj.in_features == hd
+
+
+def qkv_head_problem(m: nn.Module) -> str | None:
+    """Why the heads of the qkv attention ``m`` get no latents (``None``: they can)."""
+    norm = getattr(m, "norm", None)
+    if norm is not None and not isinstance(norm, nn.Identity):
+        return "a normalisation over all heads' outputs (scale_norm) sits before its output projection"
+    gate = getattr(m, "gate", None)
+    if gate is not None and not (isinstance(gate, nn.Linear) and gate.out_features == m.attn_dim):
+        return "its output gate is not an nn.Linear giving one value per head feature"
+    return None
+
+
+@torch.no_grad()
+def prune_qkv_heads(m: nn.Module, kept: list[int]) -> None:
+    """Keep only the heads ``kept`` of the qkv attention ``m``, in place: its ``qkv`` rows of each kept head (query,
+    key and value), the same rows of ``gate`` if it has one, the same input columns of ``proj``; ``num_heads`` and
+    ``attn_dim`` lowered to match.
+
+    :raises ValueError: ``kept`` is empty, repeats a head or names one ``m`` has not."""
+    h, d = m.num_heads, m.head_dim
+    if not kept or len(set(kept)) != len(kept) or not all(0 <= i < h for i in kept):
+        raise ValueError(f"kept heads must be distinct indices in 0 … {h - 1}, at least one; got {kept}")
+    cols = torch.tensor([i * d + j for i in kept for j in range(d)], device=m.proj.weight.device)
+    rows = torch.cat([cols + part * m.attn_dim for part in range(3)])
+    _keep_rows(_linear(m.qkv), rows)
+    if getattr(m, "gate", None) is not None:
+        _keep_rows(_linear(m.gate), cols)
+    m.proj.weight = nn.Parameter(m.proj.weight[:, cols].clone(), m.proj.weight.requires_grad)
+    m.proj.in_features = cols.numel()
+    m.num_heads, m.attn_dim = len(kept), len(kept) * d
+
+
+def _linear(layer: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` itself, also when a compact network reads only some of its inputs (``Select``, then it)."""
+    return layer[-1] if isinstance(layer, nn.Sequential) else layer
+
+
+def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight[rows].clone(), layer.weight.requires_grad)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias[rows].clone(), layer.bias.requires_grad)
+    layer.out_features = rows.numel()
+
+
+def heads_of_features(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[B, T, H·d]`` (heads' outputs side by side, as ``proj`` reads them) → ``[B, H, T, d]`` (a view)."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+
+
+def features_of_heads(o: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`heads_of_features`: ``[B, H, T, d]`` → ``[B, T, H·d]``."""
+    return o.transpose(-3, -2).flatten(-2)
+
+
+class HeadGate(nn.Module):
+    """A compact DBB network's head gate in front of a qkv attention's ``proj``: ``gate`` (a
+    :class:`~pyro_sparse.nn.DynamicGate` over ``num_heads`` units) applied to the heads' outputs ``[B, H, T, d]``;
+    ``forward(x [B, T, H·d]) -> [B, T, H·d]``."""
+
+    def __init__(self, gate: nn.Module, num_heads: int):
+        super().__init__()
+        self.gate, self.num_heads = gate, num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return features_of_heads(self.gate(heads_of_features(x, self.num_heads)))
 
 
 def _mask(key_padding_mask, attn_mask, batch: int, heads: int, q_len: int, k_len: int, dtype) -> torch.Tensor | None:
