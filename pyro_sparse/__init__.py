@@ -9,11 +9,12 @@ module-local parameters inside :func:`module_local_params` and restore the calle
 
 from . import distributions  # (registers the KL pairs)
 from .compact import compact, load_compact, save_compact
+from .continuation import continue_as
 from .export import export
 from .nn.sparse_linear import sparse_kernels
 from .settings import module_local_params
 from .sparsify import Method, SparseModel, register_method, sparsify
 
 __version__ = "0.1.0"
-__all__ = ["Method", "SparseModel", "compact", "distributions", "export", "load_compact", "module_local_params",
-           "register_method", "save_compact", "sparse_kernels", "sparsify"]
+__all__ = ["Method", "SparseModel", "compact", "continue_as", "distributions", "export", "load_compact",
+           "module_local_params", "register_method", "save_compact", "sparse_kernels", "sparsify"]

@@ -407,6 +407,7 @@ def _stage_model(a: _Options, data, cfg, factory):
     method's freezing rule) and the checked KL scale."""
     import pyro
 
+    from .continuation import load_source_guide
     from .guides import MeanFieldGuide
     from .models import build_model
     from .poutine import resolve_kl_scale
@@ -440,14 +441,9 @@ def _stage_model(a: _Options, data, cfg, factory):
         for name in recorded:
             params[name].requires_grad_(False)
     if init_guide:  # e.g. DBB from BB: the BB guide of π is loaded and, for DBB, frozen (two-stage training)
-        own = guide.state_dict()
-        shared = {k: v for k, v in init_guide.items() if k in own and own[k].shape == v.shape}
-        guide.load_state_dict(shared, strict=False)
         spec = METHODS.get(a.method)
-        if spec and spec.freezes_source and read_config(a.init_from)["method"] in spec.starts_from:
-            for name, p in guide.named_parameters():
-                if name in shared:
-                    p.requires_grad_(False)
+        load_source_guide(guide, init_guide, freeze=bool(
+            spec and spec.freezes_source and read_config(a.init_from)["method"] in spec.starts_from))
     try:
         resolve_kl_scale(guide.site_names, cfg.kl_scale)
     except ValueError as e:
