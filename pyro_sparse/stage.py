@@ -35,7 +35,7 @@ STAGE_DEFAULTS: dict[str, object] = {
     "unit_threshold": None, "temperature": None, "noise": None, "seed": 0, "subset": None, "val_size": None,
     "init_from": None, "resume": False, "trust_code": False, "device": "cpu", "devices": 1, "augment": None,
     "bf16": False, "compile": False, "channels_last": False, "no_latency": False, "quiet": False, "progress_every": 20,
-    "arch_option": None,
+    "keep_denormals": False, "arch_option": None,
     "include": None, "exclude": None,
 }
 REQUIRED = ("method", "arch", "dataset", "out")
@@ -44,7 +44,7 @@ REQUIRED = ("method", "arch", "dataset", "out")
 #: (``devices``: a resume on another number of processes continues the run, but its noise differs from an
 #: uninterrupted run's)
 RESUME_FREE = ("resume", "out", "quiet", "device", "data_root", "no_latency", "progress_every", "devices", "compile",
-               "channels_last", "trust_code")
+               "channels_last", "keep_denormals", "trust_code")
 
 
 class _Options(dict):
@@ -136,7 +136,7 @@ def train_config(a: Mapping, epochs: int):
         unit_threshold=a["unit_threshold"], measure_latency=not a["no_latency"],
         train_clip_from=0 if a["train_clip"] else a["train_clip_from"], kl_scale=parse_kl_scale(a["kl_scale"]),
         progress_every=a["progress_every"], augment=a["augment"], bf16=bool(a["bf16"]), compile=bool(a["compile"]),
-        channels_last=bool(a["channels_last"]),
+        channels_last=bool(a["channels_last"]), flush_denormal=not a["keep_denormals"],
     )
 
 

@@ -133,3 +133,28 @@ def test_the_research_step_runs_in_a_users_own_loop():
     assert all(not r.loss.requires_grad for r in results)
     for k, v in guide.state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+
+def test_training_flushes_subnormal_floats_and_restores_the_callers_mode():
+    """``EngineSettings.flush_denormal`` (default on): the loop runs with subnormal floats flushed to zero (BB's
+    pruned units made CPU steps 10-100x slower), and the caller's mode is back afterwards, whichever it was."""
+    from pyro_sparse.settings import flushing_denormals
+
+    data = _digits()
+    seen = []
+
+    class Probe(Callback):
+        def on_epoch_end(self, state):
+            seen.append(flushing_denormals())
+
+    for flush, before in ((True, False), (False, False), (True, True)):
+        torch.set_flush_denormal(before)
+        try:
+            model, guide = _model(data)
+            fit(model, guide, data, TrainConfig(epochs=1, measure_latency=False, flush_denormal=flush),
+                progress=False, callbacks=[Probe()])
+            assert seen[-1] is (flush or before) and flushing_denormals() is before
+        finally:
+            torch.set_flush_denormal(False)
+    with pytest.raises(InvalidInputError, match="flush-denormal must be True or False"):
+        EngineSettings(flush_denormal="yes").validate()

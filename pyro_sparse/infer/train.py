@@ -34,7 +34,7 @@ from ..nn import set_train_clip
 from ..poutine import kl_scale, resolve_kl_scale
 from ..runfiles import CHECKPOINT, LOG, METRICS, RunLock, atomic_write_json, config_digest, load_checkpoint
 from ..runfiles import recover as recover_run_dir
-from ..settings import module_local_params, prepare_module_local, training_switches
+from ..settings import flush_denormals, module_local_params, prepare_module_local, training_switches
 from ..sparsify import SparseModel
 from . import distributed
 from .callbacks import Callback, CompactMetrics, EpochEnd, ProgressLine, RunFiles, _Call, example_input
@@ -50,8 +50,8 @@ __all__ = ["CHECKPOINT", "LOG", "METRICS", "CheckpointError", "EngineSettings", 
 def _training_switches(model, guide, cfg: TrainConfig):
     """For the training loop only: bf16 autocast of the network's forward and no global guide draws that the model
     would throw away — switches the model and guide read (:func:`pyro_sparse.settings.training_switches`), not
-    attributes set on them — and ``torch.compile`` of the network (the one switch that lives on the module: torch
-    keeps the compiled forward there; undone on exit)."""
+    attributes set on them —, subnormal floats flushed to zero on the CPU (restored on exit), and ``torch.compile`` of
+    the network (the one switch that lives on the module: torch keeps the compiled forward there; undone on exit)."""
     if (cfg.bf16 or cfg.compile) and not isinstance(model, Classifier):
         raise InvalidInputError(f"bf16 and compile need a pyro_sparse model (Classifier, SparseModel) with a network "
                                 f"in .net; got {type(model).__name__}")
@@ -62,7 +62,7 @@ def _training_switches(model, guide, cfg: TrainConfig):
     switches = training_switches(autocast_dtype=torch.bfloat16 if cfg.bf16 else None,
                                  global_draws=False if isinstance(model, SparseModel) else None)
     try:
-        with switches:
+        with switches, flush_denormals() if cfg.flush_denormal else contextlib.nullcontext():
             yield
     finally:
         if compiled:
