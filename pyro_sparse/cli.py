@@ -178,6 +178,8 @@ def _reproduce_parser(sub) -> None:
     rp.add_argument("--data-root", default=None)
     rp.add_argument("--out", required=True)
     rp.add_argument("--seeds", type=int, default=1)
+    rp.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="train N stages at once, each in its own process (e.g. --seeds 3 --jobs 2 on 2 cores)")
     rp.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                     help="only these rows of the table (e.g. dense bb); a row's source row must be among them or done")
     rp.add_argument("--width", type=_finite, default=None, metavar="K",
@@ -363,13 +365,15 @@ def cmd_reproduce(a, argv, parser) -> int:
 
     if a.seeds < 1:
         _fail(f"--seeds must be >= 1, got {a.seeds}")
+    if a.jobs < 1:
+        _fail(f"--jobs must be >= 1, got {a.jobs}")
     kl_scale = parse_kl_scale(a.kl_scale)
     if a.val_size is not None and a.val_size < 1:
         _fail(f"--val-size must be a positive number of examples, got {a.val_size}")
     if a.width is not None and not 0 < a.width <= 16:
         _fail(f"--width must be a width multiplier in (0, 16], got {a.width:g}")
     table = run(a.arch, a.budget, a.out, a.dataset, a.data_root, a.seeds, methods=tuple(a.rows) if a.rows else None,
-                peer=not a.no_peer, kl_scale=kl_scale or None, width=a.width, val_size=a.val_size)
+                peer=not a.no_peer, kl_scale=kl_scale or None, width=a.width, val_size=a.val_size, jobs=a.jobs)
     print(markdown(table))
     return 0
 

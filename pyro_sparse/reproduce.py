@@ -143,7 +143,8 @@ def row_options(arch: str, row: str, epochs: int, seed: int, dataset: str, data_
 @module_local_params()
 def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, data_root: str | None = None,
         seeds: int = 1, methods: tuple[str, ...] | None = None, peer: bool = True,
-        kl_scale: dict[str, float] | None = None, width: float | None = None, val_size: int | None = None) -> dict:
+        kl_scale: dict[str, float] | None = None, width: float | None = None, val_size: int | None = None,
+        jobs: int = 1) -> dict:
     """Run (or reuse, or continue) every stage for ``seeds`` seeds and write the table and plots to ``out``; returns
     the table.
 
@@ -153,7 +154,10 @@ def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, dat
     :param kl_scale: ``{"conv1": 40.0}``, to the SBP and BB stages.
     :param width: ``vgg_like``'s width multiplier (default :data:`DEFAULT_WIDTH` of the budget).
     :param val_size: hold out this many training examples in every stage (the validation error is then reported).
-    :raises InvalidInputError: an unknown arch, budget, row or data set for ``arch``.
+    :param jobs: stages trained at once, each in its own process with ``max(1, torch threads // jobs)`` threads (a
+        stage starts when the stage it continues is done; e.g. ``--seeds 3 --jobs 2`` on 2 cores). Results are those
+        of a sequential run with as many threads per stage.
+    :raises InvalidInputError: an unknown arch, budget, row or data set for ``arch``, ``jobs`` < 1.
     :raises RunDirError: ``out`` is a file, or a finished stage in ``out`` was made with another KL scale than asked
         for (it is not reused and nothing is overwritten: choose another ``out``).
     """
@@ -186,16 +190,21 @@ def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, dat
             if had != want:
                 raise RunDirError(f"{cfg_path.parent} was trained with kl_scale {had}, this reproduction asks for "
                                   f"{want}; choose another --out")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidInputError(f"--jobs must be a positive integer, got {jobs!r}")
     out.mkdir(parents=True, exist_ok=True)
+    todo = {(seed, row): {**row_options(arch, row, epochs[row], seed, dataset, data_root, out / f"seed{seed}", budget,
+                                        kl_scale, width, val_size),
+                          "resume": (out / f"seed{seed}" / row / "config.json").is_file()}
+            for seed in range(seeds) for row in rows if not (out / f"seed{seed}" / row / "metrics.json").is_file()}
+    if jobs == 1:
+        for options in todo.values():
+            train_stage(options)
+    else:
+        _train_in_parallel(todo, {(s, r): TABLES[arch][r][1] for s, r in todo}, jobs)
     for seed in range(seeds):
-        seed_dir = out / f"seed{seed}"
         for row in rows:
-            run_dir = seed_dir / row
-            if not (run_dir / "metrics.json").is_file():
-                options = row_options(arch, row, epochs[row], seed, dataset, data_root, seed_dir, budget, kl_scale,
-                                        width, val_size)
-                train_stage({**options, "resume": (run_dir / "config.json").is_file()})
-            per_row[row].append(read_json(run_dir / "metrics.json", "metrics file"))
+            per_row[row].append(read_json(out / f"seed{seed}" / row / "metrics.json", "metrics file"))
     command = (f"pyro-sparse reproduce --arch {arch} --budget {budget} --dataset {dataset}"
                + (f" --data-root {data_root}" if data_root else "") + f" --out {out} --seeds {seeds}"
                + (f" --width {width:g}" if width is not None else "") + (f" --val-size {val_size}" if val_size else "")
@@ -219,6 +228,32 @@ def run(arch: str, budget: str, out: str | Path, dataset: str | None = None, dat
     if lenet:
         plot_posteriors(arch, out / "seed0", [r for r in rows if r != "dense"], out)
     return table
+
+
+def _train_in_parallel(todo: dict[tuple[int, str], dict], sources: dict[tuple[int, str], str | None],
+                       jobs: int) -> None:
+    """Train the stages ``todo`` (``(seed, row) → options``) in ``jobs`` processes, each once the stage it continues
+    (``sources``: same seed; ``None`` or one not in ``todo``: ready) is done; a failure stops the rest."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    waiting, running, done = dict(todo), {}, set()
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        while waiting or running:
+            for key in [k for k in waiting if (k[0], sources[k]) not in todo or (k[0], sources[k]) in done]:
+                running[pool.submit(train_stage, waiting.pop(key))] = key
+                print(f"pyro-sparse reproduce: seed {key[0]} {key[1]} started", file=sys.stderr)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                future.result()  # a failed stage raises here (the pool lets the running ones finish)
+                done.add(key)
+                print(f"pyro-sparse reproduce: seed {key[0]} {key[1]} done", file=sys.stderr)
 
 
 def _peer(arch, budget, epochs, dataset, data_root, seeds: int | list[int], out: Path) -> list[dict]:

@@ -213,6 +213,34 @@ def test_reproduce_smoke(mnist_root, tmp_path, capsys):
     assert "| dense | 1 |" in capsys.readouterr().out
 
 
+def test_reproduce_trains_stages_in_parallel_as_it_would_in_turn(mnist_root, tmp_path, capsys):
+    """``--jobs 2``: stages in two processes (one thread each here), each after the stage it continues; every
+    stage's log equals that of a sequential run at one thread."""
+    import torch
+
+    common = ["reproduce", "--arch", "lenet300", "--budget", "smoke", "--data-root", str(mnist_root), "--seeds", "2",
+              "--rows", "dense", "bb", "dbb", "--no-peer"]
+    assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.index("seed 0 bb done") < err.index("seed 0 dbb started")  # DBB waits for its BB stage
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*common, "--out", str(tmp_path / "seq")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        for row in ("dense", "bb", "dbb"):
+            logs = [[{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                     for line in (tmp_path / way / f"seed{seed}" / row / "log.jsonl").read_text().splitlines()]
+                    for way in ("par", "seq")]
+            assert logs[0] == logs[1], (seed, row)
+    from conftest import cli_error
+
+    capsys.readouterr()
+    assert "--jobs must be >= 1" in cli_error([*common, "--out", str(tmp_path / "x"), "--jobs", "0"], capsys)
+
+
 def test_reproduce_svd_from_scratch_clips_in_the_last_tenth(tmp_path):
     """LeNet-300-100's SVD stage (from scratch, 200 epochs) switches train-time clipping on at epoch 180; stages from
     a dense net, and short smoke stages, do not clip."""

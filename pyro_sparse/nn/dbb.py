@@ -109,9 +109,10 @@ class DynamicGate(nn.Module):
     layer's input features, e.g. ``[B, T, F]`` tokens), else dim 1.
 
     The stored buffers are the paper's quantities (``scale`` = E[π], ``gamma``, ``mean``, ``std``, ``beta``; shape
-    ``[K]``); the forward pass uses their affine form ``h · (γ/s) + (β − γμ/s)`` (computed once and reused until a
-    buffer changes) and works in place on ``g``: one fused multiply-add, a clamp, a scale, a threshold and the
-    product with ``x`` — five passes over ``[B, K]`` (issue 29: the gates had cost more than the matmuls they gate).
+    ``[K]``); the forward pass computes ``γ (h − μ)/s + β`` as the training model does (``γ/s`` computed once and
+    reused until a buffer changes): a subtraction and a fused multiply-add, then in place a clamp, a scale and a
+    threshold, and the product with ``x`` — six passes over ``[B, K]`` (issue 29: the gates had cost more
+    than the matmuls they gate).
     ``last_active`` is the per-example count of active units of the last call (``[B]``), for reports of active
     units and FLOPs as test-set averages."""
 
@@ -122,7 +123,7 @@ class DynamicGate(nn.Module):
         for name in ("scale", "gamma", "mean", "std", "beta"):
             self.register_buffer(name, torch.zeros(num_units))
         self._last_gate: torch.Tensor | None = None
-        self._affine_cache: tuple | None = None
+        self._slope_cache: tuple | None = None
         self._below: tuple[float, float] | None = None
 
     @property
@@ -134,20 +135,18 @@ class DynamicGate(nn.Module):
             return self._gate(x.movedim(-1, 1)).movedim(1, -1)
         return self._gate(x)
 
-    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(γ/s, β − γμ/s)``, recomputed when a buffer was replaced or written in place."""
-        bufs = (self.gamma, self.std, self.mean, self.beta)
+    def _slope(self) -> torch.Tensor:
+        """``γ/s``, recomputed when a buffer was replaced or written in place."""
+        bufs = (self.gamma, self.std)
         if torch.compiler.is_compiling() or any(b.is_inference() for b in bufs):
-            # a traced graph computes them (no Python-side cache in a graph); inference tensors (buffers made under
+            # a traced graph computes it (no Python-side cache in a graph); inference tensors (buffers made under
             # torch.inference_mode) keep no version counter that would tell of an in-place change
-            slope = self.gamma / self.std
-            return slope, self.beta - self.mean * slope
+            return self.gamma / self.std
         key = tuple((b.data_ptr(), b._version) for b in bufs)
-        if self._affine_cache is None or self._affine_cache[0] != key:
+        if self._slope_cache is None or self._slope_cache[0] != key:
             with torch.no_grad():
-                slope = self.gamma / self.std
-                self._affine_cache = key, slope, self.beta - self.mean * slope
-        return self._affine_cache[1], self._affine_cache[2]
+                self._slope_cache = key, self.gamma / self.std
+        return self._slope_cache[1]
 
     def _threshold_below(self) -> float:
         """F.threshold keeps g > t: the largest float32 below ``threshold`` keeps g ≥ threshold, the papers' rule."""
@@ -157,8 +156,11 @@ class DynamicGate(nn.Module):
         return self._below[1]
 
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
-        slope, shift = self._affine()
-        g = torch.addcmul(shift, _summary(x), slope).clamp_(self.eps, 1 - self.eps).mul_(self.scale)
+        # γ (h − μ)/s + β in the training model's own arithmetic (DBBGate.factor): the affine form h·γ/s + (β − γμ/s)
+        # cancels catastrophically where s is tiny (a pixel constant over the training batches: s = 1e-5), which
+        # moved gates by ~5e-4 and failed compact's self-check
+        g = torch.addcmul(self.beta, _summary(x) - self.mean, self._slope()).clamp_(self.eps, 1 - self.eps)
+        g = g.mul_(self.scale)
         g = nn.functional.threshold(g, self._threshold_below(), 0.0, inplace=True)
         if not torch.compiler.is_compiling():  # a record for reports, not part of an exported or compiled graph
             self._last_gate = g.detach()
