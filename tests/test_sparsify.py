@@ -616,3 +616,42 @@ def test_the_threshold_option_sets_every_methods_keep_rule():
     assert sparsify(net, "svd", x).weight_threshold() == 3.0
     with pytest.raises(InvalidInputError, match="weight threshold must be a finite number"):
         sparsify(net, "svd", x, threshold=float("nan"))
+
+
+class ChannelScale(nn.Module):
+    """A user's layer of its own: a learned scale per channel (as a LayerScale), no torch layer type."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class ScaledNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.s, self.c2, self.fc = nn.Conv2d(1, 8, 3), ChannelScale(8), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.s(self.c1(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb"])
+def test_a_users_per_channel_parameter_is_pruned_with_its_channels(method, tmp_path):
+    """A parameter outside any torch layer type, applied per channel (Torch-Pruning's "unwrapped parameters", pruned
+    along their channel dimension): the channel group through it gets a unit, compact removes the pruned channels
+    from it too, exactly, and the network reloads."""
+    torch.manual_seed(0)
+    x, y = torch.rand(12, 1, 12, 12), torch.randint(0, 10, (12,))
+    with pyro.settings.context(module_local_params=True):
+        model = sparsify(ScaledNet(), method, x[:2], num_data=12)
+        assert "c1_units" in model.units and not model.skipped
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide, seed=2)
+        small = compact(model, guide, probe=x)
+    assert small.c1.out_channels == small.s.scale.numel() == small.c2.in_channels < 8
+    save_compact(small, tmp_path / "s")
+    assert torch.allclose(load_compact(tmp_path / "s", factory=ScaledNet)(x), small(x), atol=1e-6)
