@@ -272,7 +272,7 @@ def _head_channels(net: nn.Module) -> set[tuple[nn.Module, bool]]:
     out = set()
     for m in net.modules():
         if is_qkv_attention(m):
-            out |= {(m.qkv, True), (m.proj, False), (getattr(m, "gate", None), True)}
+            out |= {(m.qkv, True), (m.proj, False)} | ({(m.gate, True)} if getattr(m, "gate", None) else set())
     return out
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .compact import check_guide
 from .errors import InvalidInputError
+from .infer.callbacks import example_input
 from .model import Classifier
 from .sparsify import METHODS, SparseModel, sparsify
 
@@ -74,8 +75,7 @@ def continue_as(model: nn.Module, guide: nn.Module | None, method: str, **option
         return new, new_guide
     from pyro_sparse.guides import MeanFieldGuide
 
-    new = sparsify(model.net, method, model.example_input if isinstance(model, SparseModel)
-                   else _example(model), num_data=model.num_data, **options)
+    new = sparsify(model.net, method, example_input(model), num_data=model.num_data, **options)
     if source == "dense":
         return new, MeanFieldGuide(new)
     own = new.state_dict()
@@ -89,7 +89,3 @@ def continue_as(model: nn.Module, guide: nn.Module | None, method: str, **option
                                 "with the same include/exclude")
     return new, new_guide
 
-
-def _example(model: Classifier) -> torch.Tensor:
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.zeros(2, *model.input_shape, device=device)

@@ -667,9 +667,10 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
             raise UnsupportedModelError(f"{reason}; exclude its output projection (exclude=[{name!r}])")
         model.skipped.append({"group": name, "reason": reason})
     for name, m in net.named_modules():  # heads that cannot go: the projection's input features are units instead
-        if is_qkv_attention(m) and f"{name}.proj" in chosen and qkv_head_problem(m):
+        problem = qkv_head_problem(m) if is_qkv_attention(m) and f"{name}.proj" in chosen else None
+        if problem:
             model.skipped.append({"group": name, "reason": f"the heads of the {type(m).__name__} {name!r} get no "
-                                  f"latent: {qkv_head_problem(m)}; its projection's input features get one each"})
+                                  f"latent: {problem}; its projection's input features get one each"})
     _place_units(model, net, spec, chosen, example_input, options, strict=strict, heads=heads)
     if model.skipped:
         groups = ", ".join(repr(s["group"]) for s in model.skipped)

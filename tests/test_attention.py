@@ -366,6 +366,9 @@ def test_timm_vision_transformers(arch, method, tmp_path):
         assert torch.allclose(small(x), model(x), atol=1e-5)
     if method == "svd":
         assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.mlp.fc1"} <= set(model.weight_layers.values())
+        qkv = small.blocks[0].attn.qkv
+        qkv = qkv[-1] if isinstance(qkv, nn.Sequential) else qkv
+        assert int((qkv.weight == 0).sum()) > 0  # forced pruning reached the packed projection
     else:
         assert [k for k, p in model.placements.items() if p[0].where == "heads"] == ["blocks__0__attn_heads",
                                                                                       "blocks__1__attn_heads"]

@@ -30,9 +30,10 @@ class EpochEnd:
     """The state a callback sees after an epoch's steps.
 
     :ivar epoch: the epoch just finished, 0-based.
-    :ivar record: the epoch's ``log.jsonl`` line so far: ``loss`` and ``nll`` (per example, nats), ``kl`` (nats),
-        ``kl_weight``, ``lr``, ``train_error`` (percent, of the noisy training-mode predictions), ``train_seconds``;
-        :class:`CompactMetrics` adds the compact network's errors, ``units``, ``nonzero_weights``, ``epoch_seconds``.
+    :ivar record: the epoch's ``log.jsonl`` line so far: ``epoch`` (1-based), ``loss`` and ``nll`` (per example,
+        nats), ``kl`` (nats), ``kl_weight``, ``lr``, ``train_error`` (percent, of the noisy training-mode
+        predictions); :class:`CompactMetrics` adds the compact network's errors, ``units``, ``nonzero_weights``,
+        ``train_seconds`` and ``epoch_seconds``.
         Callbacks may add entries; :class:`RunFiles` writes what is there when it runs.
     :ivar optimizer, scheduler: after the epoch's scheduler step: the learning rates are the next epoch's (so is the
         record's ``lr``).
