@@ -111,7 +111,7 @@ class PlainSparse(nn.Module):
         if self.method == "dbb":
             beta = self.unit[f"{key}_beta_mu"] + self.unit[f"{key}_beta_log_sigma"].exp() * torch.randn_like(
                 u if self.per_batch else pi)
-            h = h.detach()
+            h = h.detach().float()  # statistics in float32 under bf16 autocast too (as the DBBGate does)
             with torch.no_grad():
                 getattr(self, f"{key}_rmean").lerp_(h.mean(0), 0.1)
                 getattr(self, f"{key}_rstd").lerp_(h.std(0).clamp_min(1e-5), 0.1)

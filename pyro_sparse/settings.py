@@ -103,6 +103,24 @@ def flush_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Inside the block, CUDA float32 convolutions and matrix products round as IEEE float32, not TF32 (cuDNN's
+    convolutions default to TF32 on Ampere and later: ~1e-3 relative error per product, enough for two networks
+    that compute the same function with differently shaped kernels to differ by 1e-4 in their logits). The caller's
+    settings are restored on exit; CPU arithmetic is unaffected. :func:`pyro_sparse.compact` runs its self-check in
+    it, so that the check sees the compaction and not the rounding."""
+    backends = [b for b in (torch.backends.cudnn.conv, torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")]
+    was = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, w in zip(backends, was, strict=True):
+            b.fp32_precision = w
+
+
 def switch(name: str, own):
     """The value of training switch ``name`` inside :func:`training_switches` where it is set, else ``own`` (the
     object's own attribute)."""

@@ -97,6 +97,21 @@ def test_bf16_autocast_covers_the_network_only():
     assert torch.isfinite(torch.tensor(metrics["nll"]))
 
 
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_every_method_trains_under_bf16_autocast(method):
+    """On the GPU (H200, 2026-12-04) DBB crashed in its first bf16 step: its gate statistics (float32 buffers) were
+    moved towards the bfloat16 unit summaries (``lerp_``: "expected dtype float ... got BFloat16"). The same autocast
+    runs on the CPU."""
+    pyro.set_rng_seed(0)
+    model = build_model("lenet5", method, (1, 28, 28), 10, num_data=40)
+    guide = MeanFieldGuide(model)
+    metrics = fit(model, guide, _images(40, (1, 28, 28)),
+                  TrainConfig(epochs=1, batch_size=20, bf16=True, measure_latency=False), progress=False)
+    assert torch.isfinite(torch.tensor(metrics["nll"]))
+    buffers = [b for m in model.net.modules() for b in m.buffers(recurse=False) if b.is_floating_point()]
+    assert all(b.dtype == torch.float32 and torch.isfinite(b).all() for b in buffers)
+
+
 def test_compile_switch_trains_through_the_compiled_network(monkeypatch):
     """``TrainConfig(compile=True)`` runs the training steps through ``torch.compile`` of the network (here a
     recording stand-in: inductor takes a minute on a CPU) and leaves the network eager afterwards."""

@@ -381,6 +381,35 @@ def test_compact_refuses_a_network_it_would_change():
         compact(model, guide, probe=x)
 
 
+def test_compact_self_check_runs_in_ieee_float32_and_restores_the_callers_precision():
+    """cuDNN convolutions default to TF32 on the GPU: a BB LeNet-5 on an H200 (2026-12-04) failed the self-check by
+    1.9e-4 in its logits at epoch 21 (E[pi] folded into the weights rounds differently in TF32). The check now runs
+    with CUDA's float32 convolutions and matrix products in IEEE float32; the caller's settings come back after."""
+    from pyro_sparse.settings import ieee_fp32
+
+    backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    before = [b.fp32_precision for b in backends]
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        seen = []
+        net = nets.lenet5()
+        net[0].register_forward_hook(lambda m, i, o: seen.append([b.fp32_precision for b in backends]))
+        x = torch.rand(3, 1, 28, 28)
+        model = sparsify(net, "bb", x)
+        guide = MeanFieldGuide(model)
+        force_prune(guide)
+        seen.clear()
+        compact(model, guide, probe=x)
+        assert seen[-2:] == [["ieee", "ieee"]] * 2  # the check's two forward passes: the model's, the compact net's
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError), ieee_fp32():
+            raise RuntimeError("restored on an exception too")
+        assert [b.fp32_precision for b in backends] == ["tf32", before[1]]
+    finally:
+        for b, w in zip(backends, before, strict=True):
+            b.fp32_precision = w
+
+
 @pytest.mark.parametrize("method, site", [("sbp", "theta"), ("bb", "pi"), ("dbb", "beta")])
 def test_unit_priors_are_reused_until_their_buffers_change(method, site):
     """A unit's prior is built once and reused by later traces; loading other buffer values or changing the dtype

@@ -64,7 +64,9 @@ class DBBGate(BBGate):
         return z.clamp(self.eps, 1 - self.eps)
 
     def multiplier(self, x: torch.Tensor) -> torch.Tensor:
-        h = _summary(x).detach()  # the gate reads its input without steering it (as the reference code does)
+        # the gate reads its input without steering it (as the reference code does), in its statistics' dtype (float32
+        # under bf16 autocast, whose convolutions give bfloat16 maps)
+        h = _summary(x).detach().to(self.running_mean.dtype)
         if self.training:
             with torch.no_grad():  # the first batch sets the statistics, later ones move them (no host read)
                 m, s = h.mean(0), h.std(0).clamp_min(1e-5) if h.shape[0] > 1 else torch.ones_like(h[0])
