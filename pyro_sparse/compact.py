@@ -61,6 +61,7 @@ from .sparsify import (
     _group_places,
     _output_layers,
     channel_groups,
+    customized_pruners_of,
     dependency_graph,
 )
 from .trust import recorded_network
@@ -127,7 +128,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         setattr(layer, attr, nn.Parameter(w.clone()))
     prune_root, dynamic, kept_units, kept_heads = _fold_units(model, guide, net, unit_threshold)
     try:
-        dg = dependency_graph(net, example)
+        dg = dependency_graph(net, example, model.customized_pruners)
     except UnsupportedModelError:
         if model.placements:
             raise
@@ -143,6 +144,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
         "history": [[n, bool(o), list(map(int, i))] for n, o, i in (dg.pruning_history() if dg else [])],
         "selects": selects, "gates": gates,
         "factory": getattr(model.net, nets.FACTORY_ATTR, None), "heads": kept_heads,
+        "customized": _customized_layers(net, model.customized_pruners, dg),
     }
     setattr(net, INFO_ATTR, info)
     _check(net, model, example if probe is None else probe, rtol, atol)
@@ -216,6 +218,14 @@ def _prune_heads(net: nn.Module, kept: dict[str, list[int]], gated: set[str] = f
                 prune_qkv_heads(m, heads)
         elif len(heads) < m.num_heads or path in gated:
             _wrap(net, path, lambda attention, heads=heads: PrunedMultiheadAttention.from_attention(attention, heads))
+
+
+def _customized_layers(net: nn.Module, pruners: dict, dg) -> list[str]:
+    """The layers of ``net`` that the user's ``customized_pruners`` cover, when any pruning is recorded (Torch-Pruning's
+    history names only each group's root, so load_compact needs the pruners whenever such a layer is there)."""
+    if not pruners or dg is None or not dg.pruning_history():
+        return []
+    return sorted(n for n, m in net.named_modules() if n and isinstance(m, tuple(pruners)))
 
 
 def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[str, set[int]]):
@@ -478,6 +488,7 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
         _bad_spec(spec_path, f"format {info.get('format')!r}, expected one of {', '.join(map(repr, READ_FORMATS))}")
     info.setdefault("sparse", {})  # (format /3 stored every tensor dense)
     info.setdefault("heads", {})  # (only networks with pruned attention heads record them)
+    info.setdefault("customized", [])  # (only networks pruned through a user's Torch-Pruning pruner record them)
     checks = {
         "method": lambda v: isinstance(v, str),
         "input_shape": lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(_is_int(d, 1) for d in v)
@@ -488,6 +499,7 @@ def read_compact_spec(directory: str | os.PathLike) -> dict:
             isinstance(h, list) and len(h) == 3 and isinstance(h[0], str) and isinstance(h[1], bool)
             and isinstance(h[2], list) and all(_is_int(i) for i in h[2]) for h in v),
         "selects": lambda v: isinstance(v, dict) and all(_is_int(n, 1) for n in v.values()),
+        "customized": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
         "gates": lambda v: isinstance(v, dict) and all(
             isinstance(g, dict) and set(g) == {"where", "n", "eps", "threshold"}
             and g["where"] in ("in", "out", "heads") and _is_int(g["n"], 1) and _is_number(g["eps"])
@@ -538,7 +550,8 @@ def _read_tensors(directory: Path, info: dict) -> dict[str, torch.Tensor]:
 
 
 def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] | None = None,
-                 device: str | torch.device = "cpu", *, trust_code: bool = False) -> nn.Module:
+                 device: str | torch.device = "cpu", *, trust_code: bool = False,
+                 customized_pruners: dict | None = None) -> nn.Module:
     """Load a compact network saved by :func:`save_compact`. Files are data: nothing is unpickled, and nothing
     named in the files is imported or called unless ``trust_code=True`` (:mod:`pyro_sparse.trust`).
 
@@ -552,6 +565,8 @@ def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] 
     :param device: where the network goes (``cpu``, ``cuda``, ``cuda:N``).
     :param trust_code: import and call the ``package.module:factory`` that ``compact.json`` names (only for files
         you trust).
+    :param customized_pruners: the Torch-Pruning pruners of your own layer types that :func:`sparsify` was given
+        (``{layer type: pruner}``); needed when ``compact.json`` lists layers under ``customized``.
     :raises MissingRunFileError: (a FileNotFoundError) the files are not there.
     :raises UntrustedCodeError: the files name a user's factory and neither ``factory`` nor ``trust_code`` is given.
     :raises InvalidInputError: a bad ``factory`` or ``device``.
@@ -575,7 +590,7 @@ def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] 
         raise InvalidInputError(f"the factory returned a {type(base).__name__}, expected an nn.Module")
     try:
         base.eval()
-        _replay(base, info)
+        _replay(base, info, customized_pruners)
     except PyroSparseError:
         raise
     except Exception as e:
@@ -601,13 +616,20 @@ def load_compact(directory: str | os.PathLike, factory: Callable[[], nn.Module] 
     return base.to(device).eval()
 
 
-def _replay(base: nn.Module, info: dict) -> None:
+def _replay(base: nn.Module, info: dict, customized_pruners: dict | None) -> None:
     """Replay the recorded pruning, selects and gates on ``base`` (every name checked before it is used)."""
     import torch_pruning as tp
 
     modules = dict(base.named_modules())
+    pruners = customized_pruners_of(customized_pruners)
+    missing = [n for n in info["customized"] if not isinstance(modules.get(n), tuple(pruners))]
+    if missing:
+        raise InvalidInputError(f"layers {', '.join(map(repr, missing))} of this compact network were pruned through "
+                                "customized_pruners; pass load_compact(..., customized_pruners={layer type: pruner}) "
+                                "with the pruners sparsify was given")
     for name, _, _ in info["history"]:
-        if name not in modules or not isinstance(modules[name], (*WEIGHT_LAYERS, *NORM_LAYERS)):
+        if name not in modules or not (isinstance(modules[name], (*WEIGHT_LAYERS, *NORM_LAYERS))
+                                       or name in info["customized"]):
             raise RunDirError(f"the recorded pruning names {name!r}, which is no prunable layer of the base network")
     for name in info["selects"]:
         if not isinstance(modules.get(name), nn.Linear):
@@ -625,7 +647,7 @@ def _replay(base: nn.Module, info: dict) -> None:
             raise RunDirError(f"the recorded heads of {name!r} ({len(kept)} kept, up to head {max(kept)}) are no heads "
                               "of an attention layer (nn.MultiheadAttention, qkv attention) of the base network")
     if info["history"]:  # (an SVD network of a net the tracer cannot follow records none)
-        dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]))
+        dg = dependency_graph(base, torch.zeros(1, *info["input_shape"]), pruners)
         dg.load_pruning_history([(n, o, i) for n, o, i in info["history"]])
     for name, n in info["selects"].items():
         layer = base.get_submodule(name)

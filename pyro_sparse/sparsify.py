@@ -49,7 +49,7 @@ import inspect
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -260,13 +260,16 @@ def execution_order(net: nn.Module, example_input: torch.Tensor) -> dict[str, in
     return order
 
 
-def dependency_graph(net: nn.Module, example_input: torch.Tensor):
+def dependency_graph(net: nn.Module, example_input: torch.Tensor, customized_pruners: Mapping | None = None):
     """Torch-Pruning's ``DependencyGraph`` of ``net`` traced in eval mode (running statistics untouched).
 
+    :param customized_pruners: the user's Torch-Pruning pruners (``torch_pruning.pruner.function.BasePruningFunc``)
+        of their own layer types, ``{layer type: pruner}``.
     :raises UnsupportedModelError: the tracer cannot follow the network.
     """
     import torch_pruning as tp
 
+    pruners = dict(customized_pruners or {})
     was_training = net.training
     net.eval()
     try:
@@ -274,13 +277,38 @@ def dependency_graph(net: nn.Module, example_input: torch.Tensor):
             # (parameters outside any layer, e.g. a ViT's class token [1, 1, D] and position embedding [1, N, D]:
             # Torch-Pruning prunes them along their last dimension, their channels; nothing for a user to act on)
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(net, example_inputs=example_input)
+            return tp.DependencyGraph().build_dependency(net, example_inputs=example_input,
+                                                         customized_pruners=pruners or None)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UnsupportedModelError(f"the dependency tracer (torch-pruning) cannot follow this network ({first}); "
                                     "sparsify it with method 'svd', or make its forward traceable") from None
     finally:
         net.train(was_training)
+
+
+def customized_pruners_of(pruners) -> dict:
+    """``sparsify``'s ``customized_pruners`` checked: ``{layer type: Torch-Pruning pruner}`` (types only: Torch-Pruning
+    1.6 matches its customized layers with ``isinstance``, and the model holds a copy of the user's layers anyway).
+
+    :raises InvalidInputError: not a dict of ``nn.Module`` subclass → ``BasePruningFunc`` instance.
+    """
+    from torch_pruning.pruner.function import BasePruningFunc
+
+    if pruners is None:
+        return {}
+    if not isinstance(pruners, Mapping):
+        raise InvalidInputError("customized_pruners must be a dict {layer type: Torch-Pruning pruner}, got "
+                                f"{type(pruners).__name__}")
+    for key, pruner in pruners.items():
+        if not (isinstance(key, type) and issubclass(key, nn.Module)):
+            raise InvalidInputError(f"customized_pruners key {key!r} is no layer type; expected an nn.Module subclass "
+                                    "(the class of your layer)")
+        if not isinstance(pruner, BasePruningFunc):
+            raise InvalidInputError(f"customized_pruners[{key.__name__}] must be a Torch-Pruning pruner (a "
+                                    f"torch_pruning.pruner.function.BasePruningFunc instance), got "
+                                    f"{type(pruner).__name__}")
+    return dict(pruners)
 
 
 def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]):
@@ -313,6 +341,7 @@ class SparseModel(Classifier):
         self.placements: dict[str, list[Placement]] = {}
         self.groups: list[ChannelGroup] = []
         self.skipped: list[dict] = []  # channel groups left dense: {"group": root layer, "reason": ...}
+        self.customized_pruners: dict = {}  # the user's Torch-Pruning pruners {layer type: pruner}
         #: the keep rules' thresholds of the ``.eval()`` network and of :func:`pyro_sparse.compact` (None: the
         #: method's default: log α 3 for SVD, SNR 1 for SBP, E[π] 1e-3 for BB/DBB)
         self.thresholds: dict[str, float | None] = {"weight": None, "unit": None}
@@ -526,7 +555,11 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
         warning names them all (docs/design.md, contract 11).
     :param options: ``threshold``: the keep rule's threshold of every method, read by the ``.eval()`` network and
         by :func:`pyro_sparse.compact` (log α for SVD, default 3; SNR for SBP, default 1; E[π] for BB/DBB, default
-        1e-3; :meth:`SparseModel.set_thresholds`); the rest go to the unit modules that take them
+        1e-3; :meth:`SparseModel.set_thresholds`); ``customized_pruners``: Torch-Pruning pruners of your own layer
+        types, ``{layer type: torch_pruning.pruner.function.BasePruningFunc}``, passed to its
+        dependency graph here and in :func:`pyro_sparse.compact` (give them to :func:`pyro_sparse.load_compact`
+        too); without one, a channel group that passes through a layer of yours with its own parameters stays dense
+        and is listed in ``model.skipped``; the rest go to the unit modules that take them
         (``temperature``, ``alpha_over_k`` for BB/DBB; ``a``/``b`` for SBP; ``rho2``, ``eps``, ``momentum`` for DBB).
         SVD takes no other option.
     :raises InvalidInputError: unknown method or option (naming the valid ones), bad selector, nothing selected,
@@ -539,11 +572,13 @@ def sparsify(net: nn.Module, method: str, example_input: torch.Tensor, *, includ
     _check_sparsify_args(method, net, example_input, num_data)
     spec = METHODS[method]
     threshold = options.pop("threshold", None)
+    pruners = customized_pruners_of(options.pop("customized_pruners", None))
     options = _unit_options(spec, options)
     net = copy.deepcopy(net)
     example_input = example_input.detach().to(next(iter(net.parameters()), example_input).device)
     _check_batched(net, example_input)
     model = SparseModel(net, spec, tuple(example_input.shape[1:]), num_data, example_input)
+    model.customized_pruners = pruners
     _check_selector(include, "include")
     _check_selector(exclude, "exclude")
     chosen = {name: m for name, m in net.named_modules()
@@ -702,6 +737,12 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
         return [], (f"channel group of {root!r}: its channels pass through the grouped convolution "
                     f"{names[grouped[0]]!r} (groups={grouped[0].groups}), whose channels go only a whole group at a "
                     f"time; exclude {root!r} (exclude=[{root!r}])")
+    foreign = _foreign_layer(group, names)
+    if foreign is not None:
+        return [], (f"channel group of {root!r}: its channels pass through {names[foreign]!r} "
+                    f"({type(foreign).__name__}), a layer of yours with its own parameters that Torch-Pruning does not "
+                    f"know; pass sparsify(..., customized_pruners={{{type(foreign).__name__}: pruner}}) or exclude "
+                    f"{root!r} (exclude=[{root!r}])")
     places = []
     for it in group.items:
         m = it.dep.target.module
@@ -728,9 +769,26 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
     return places, None
 
 
+def _foreign_layer(group, names: dict) -> nn.Module | None:
+    """The first layer without sublayers whose own parameters of two or more dimensions the tracer met only as loose
+    tensors in ``group`` (a user's layer calling ``F.conv2d(x, self.weight)``, of a type no Torch-Pruning pruner
+    covers): Torch-Pruning guesses which dimension holds the channels, so the group cannot be pruned safely. A vector
+    (a per-channel scale) has one dimension to prune, and free parameters of a container (a ViT's class token and
+    position embedding) do not count."""
+    loose = {id(it.dep.target.module) for it in group.items
+             if isinstance(it.dep.target.module, nn.Parameter) and it.dep.target.module.dim() >= 2}
+    if not loose:
+        return None
+    for m in names:
+        if isinstance(m, nn.Module) and not any(True for _ in m.children()) and any(
+                id(p) in loose for p in m.parameters(recurse=False)):
+            return m
+    return None
+
+
 def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict, example_input, options,
                  strict: bool = True, heads: Sequence[tuple[str, int]] = ()) -> None:
-    dg = dependency_graph(net, example_input)
+    dg = dependency_graph(net, example_input, model.customized_pruners)
     outputs = _output_layers(net, example_input)
     order = execution_order(net, example_input)
     names = {m: n for n, m in net.named_modules()}

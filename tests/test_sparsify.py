@@ -684,3 +684,90 @@ def test_a_users_per_channel_parameter_is_pruned_with_its_channels(method, tmp_p
     assert small.c1.out_channels == small.s.scale.numel() == small.c2.in_channels < 8
     save_compact(small, tmp_path / "s")
     assert torch.allclose(load_compact(tmp_path / "s", factory=ScaledNet)(x), small(x), atol=1e-6)
+
+
+class GainConv(nn.Module):
+    """A user's own layer: a 3x3 convolution with a learned gain per output channel, written with ``F.conv2d`` (no
+    ``nn.Conv2d`` inside, so Torch-Pruning meets its parameters only as loose tensors)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.2)
+        self.gain = nn.Parameter(torch.rand(cout) + 0.5)
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight * self.gain[:, None, None, None], padding=1)
+
+
+def _gain_conv_pruner():
+    from torch_pruning.pruner.function import BasePruningFunc
+
+    class GainConvPruner(BasePruningFunc):  # the user's rule, as Torch-Pruning's examples write one
+        def prune_out_channels(self, layer, idxs):
+            keep = [i for i in range(layer.weight.shape[0]) if i not in set(idxs)]
+            layer.weight, layer.gain = nn.Parameter(layer.weight.data[keep]), nn.Parameter(layer.gain.data[keep])
+            return layer
+
+        def prune_in_channels(self, layer, idxs):
+            keep = [i for i in range(layer.weight.shape[1]) if i not in set(idxs)]
+            layer.weight = nn.Parameter(layer.weight.data[:, keep])
+            return layer
+
+        def get_out_channels(self, layer):
+            return layer.weight.shape[0]
+
+        def get_in_channels(self, layer):
+            return layer.weight.shape[1]
+
+    return GainConvPruner()
+
+
+class WithGainConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.own, self.fc = nn.Conv2d(3, 8, 3, padding=1), GainConv(8, 6), nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.own(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb", "dbb"])
+def test_a_users_own_layer_prunes_through_their_torch_pruning_pruner(method, tmp_path):
+    """Issue 27 (``customized_pruners`` passed through to Torch-Pruning; issue 28 item 3): conv1's channels feed a
+    layer of the user's own type. Without a pruner for it the group stays dense and is reported (before: a unit was
+    placed, and compact crashed with a raw IndexError after training); with one, conv1's channels are pruned, the
+    user's layer loses the matching input channels, and save/load replays it given the same pruners."""
+    pyro.set_rng_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    model = sparsify(WithGainConv(), method, x)
+    assert [s["group"] for s in model.skipped] == ["conv1"] and "conv1_units" not in model.units
+    reason = model.skipped[0]["reason"]
+    assert "'own' (GainConv)" in reason and "customized_pruners={GainConv: pruner}" in reason
+    guide = MeanFieldGuide(model)
+    force_prune(guide)
+    assert compact(model, guide, probe=x).own.weight.shape[1] == 8  # exact: the group kept whole
+
+    pruners = {GainConv: _gain_conv_pruner()}
+    model = sparsify(WithGainConv(), method, x, customized_pruners=pruners)
+    assert not model.skipped and model.units["conv1_units"].num_units == 8
+    guide = MeanFieldGuide(model)
+    force_prune(guide, seed=1)
+    small = compact(model, guide, probe=x)  # raises CompactMismatchError unless exact
+    kept = small.own.weight.shape[1]  # conv1's channels left, the user's layer's inputs
+    assert kept < 8 and small.fc(torch.zeros(1, 6)).shape == (1, 10)
+    save_compact(small, tmp_path)
+    with pytest.raises(InvalidInputError, match=r"'own'.*customized_pruners") as e:
+        load_compact(tmp_path, factory=WithGainConv)
+    assert "\n" not in str(e.value)
+    back = load_compact(tmp_path, factory=WithGainConv, customized_pruners=pruners)
+    assert torch.equal(back(x), small(x))
+
+
+def test_customized_pruners_bad_input_is_one_line():
+    x = torch.rand(2, 3, 8, 8)
+    net = WithGainConv()
+    for bad, match in (([GainConv], "must be a dict"), ({GainConv: object()}, "Torch-Pruning pruner"),
+                       ({net.own: _gain_conv_pruner()}, "no layer type"), ({"own": _gain_conv_pruner()}, "no layer")):
+        with pytest.raises(InvalidInputError, match=match) as e:
+            sparsify(net, "bb", x, customized_pruners=bad)
+        assert "\n" not in str(e.value)
