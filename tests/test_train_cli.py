@@ -265,7 +265,7 @@ def test_reproduce_paper_budget_runs_the_chosen_recipes(tmp_path):
     sbp = row_options("lenet500", "sbp", 200, 0, "mnist", None, tmp_path, "paper")
     assert sbp["lr_latent"] == 0.03 and sbp["init_from"] == str(tmp_path / "dense")
     assert "noise" not in row_options("lenet500", "bb", 30, 0, "mnist", None, tmp_path, "cpu")
-    assert BUDGETS["paper"]["lenet500"]["dense"] == 20
+    assert BUDGETS["paper"]["lenet500"]["dense"] == 20 and BUDGETS["paper"]["lenet5"]["dense"] == 20
     for options in (bb, dbb, sbp):
         check_options(stage_options(options))
         assert "--lr-latent" in command_line(stage_options(options))
