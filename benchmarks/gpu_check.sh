@@ -7,7 +7,7 @@
 #      -> $OUT/ (or benchmarks/gpu/): summary.txt (nvidia-smi, exit codes), pytest_cuda.log, epoch_fp32.json,
 #         epoch_bf16_cl.json, epoch_bf16_cl_compile.json and all.log (install and benchmark output)
 # What it checks: the CUDA tests (steps free of host-device syncs under torch.cuda.set_sync_debug_mode("error");
-# every method trains, compacts, saves and resumes on cuda: tests/test_device.py) and benchmarks/gpu_epoch.py
+# every method trains, compacts, saves and resumes on cuda: tests/infer/test_device.py) and benchmarks/gpu_epoch.py
 # (epoch seconds per method, VGG-like k = 1 and LeNet-500-300, plain PyTorch beside, on 10,000 synthetic examples per
 # timed epoch extrapolated to the full one: fp32; bf16 + channels_last; bf16 + channels_last + compile). Each part
 # has its own time limit and writes its rows as it goes, so a slow part costs only its own rows.
@@ -39,7 +39,7 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, record its exi
 }
 if [ -z "${GPU_CHECK_NO_TESTS:-}" ]; then
   t0=$SECONDS
-  timeout 100 python3 -m pytest -q -p no:cacheprovider --durations=10 tests/test_sync_free.py tests/test_device.py \
+  timeout 100 python3 -m pytest -q -p no:cacheprovider --durations=10 tests/infer/test_sync_free.py tests/infer/test_device.py \
     -k cuda > "$out/pytest_cuda.log" 2>&1
   echo "pytest cuda: exit $? in $((SECONDS - t0)) s (limit 100 s)" | tee -a "$out/summary.txt"
 fi

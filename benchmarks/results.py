@@ -325,7 +325,7 @@ def _ddp_section() -> list[str]:
     out += ["", f"Command: `{r['command']}`: seconds per epoch of `fit` (median over the epochs after the first; "
             "global batch as given, synthetic inputs of the right shape), speed-up over 1 process with 1 thread in "
             "parentheses. Two processes start through torchrun (`torch.distributed.run --standalone`); each takes "
-            "half of every global batch and DDP averages the gradients. `tests/test_ddp.py` checks that 2 gloo "
+            "half of every global batch and DDP averages the gradients. `tests/infer/test_ddp.py` checks that 2 gloo "
             "processes follow the 1-process loss trajectory (deterministic objective: to 1e-6; SBP: within 3%), "
             "that the finished run's compact network loads and evaluates, and that a killed 2-process run resumes "
             "to the same state bit for bit. Why two processes barely beat one here: one process on half of each "

@@ -1,6 +1,6 @@
 """Count host reads: tensor-to-Python conversions, each a host-device synchronisation for a GPU tensor.
 
-Test tooling (not part of the library): used by ``tests/test_engine_switches.py`` and ``benchmarks/syncs.py``.
+Test tooling (not part of the library): used by ``tests/infer/test_engine_switches.py`` and ``benchmarks/syncs.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 # Three parts, each under its own limit, each writing as it goes:
 #   1. benchmarks/gpu_epoch.py, VGG-like k = 1 BB and DBB with bf16 + channels_last + torch.compile (the compiled
 #      step was never timed after the unit hooks were made compile-safe), alone on the machine;
-#   2. the CUDA tests (tests/test_sync_free.py, tests/test_device.py -k cuda) of the engine as split in issue 27,
+#   2. the CUDA tests (tests/infer/test_sync_free.py, tests/infer/test_device.py -k cuda) of the engine as split in issue 27,
 #      beside the dense LeNet-5 stage of part 3 (tests check, they do not time);
 #   3. the LeNet-5 paper-budget runs on real MNIST (5,000 training images held out): dense seeds 0 and 1 for
 #      BURST_DENSE_EPOCHS (20) epochs, then BB seed 0 with the table's default recipe and with LeNet-500-300's BB recipe
@@ -58,7 +58,7 @@ train() { local name=$1; shift; "$py" -m pyro_sparse.cli train "$@" "${common[@]
 train dense5_s0 --method dense --epochs "${BURST_DENSE_EPOCHS:-20}" --seed 0 &
 train dense5_s1 --method dense --epochs "${BURST_DENSE_EPOCHS:-20}" --seed 1 &
 if [ "$dev" = cuda ]; then
-  timeout 120 "$py" -m pytest -q -p no:cacheprovider --durations=10 tests/test_sync_free.py tests/test_device.py \
+  timeout 120 "$py" -m pytest -q -p no:cacheprovider --durations=10 tests/infer/test_sync_free.py tests/infer/test_device.py \
     -k cuda > "$scratch/pytest_cuda.log" 2>&1
   note "pytest cuda: exit $?"
 fi

@@ -6,7 +6,7 @@
   rank, gives a per-epoch loss within 3% (stated tolerance: measured differences are ≤ 0.6% on this data).
 - A finished 2-process run's compact network loads and evaluates (``pyro-sparse evaluate``); rank 0 alone wrote
   the run directory (one log line per epoch).
-- A user's own script under torchrun (``tests/ddp_worker.py``): a run killed after epoch 1 and resumed ends in the
+- A user's own script under torchrun (``tests/infer/ddp_worker.py``): a run killed after epoch 1 and resumed ends in the
   same state as an uninterrupted one, bit for bit.
 """
 

@@ -1,7 +1,7 @@
 """A user's training script under ``torchrun``: every process calls :func:`pyro_sparse.infer.fit` with the same
-arguments (tests/test_ddp.py launches it).
+arguments (tests/infer/test_ddp.py launches it).
 
-    torchrun --standalone --nproc-per-node 2 tests/ddp_worker.py METHOD RUN_DIR EPOCHS [STOP_AFTER] [--resume]
+    torchrun --standalone --nproc-per-node 2 tests/infer/ddp_worker.py METHOD RUN_DIR EPOCHS [STOP_AFTER] [--resume]
 
 ``STOP_AFTER``: rank 0's callback raises after that epoch (a killed run; torchrun then stops the other process).
 Rank 0 writes the final state dicts to ``RUN_DIR/state.pt``.
