@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import InvalidInputError, PyroSparseError, RunDirError
+from .errors import CompactMismatchError, InvalidInputError, PyroSparseError, RunDirError
 
 DEFAULT_EPOCHS = {"digits": 100, "noise-digits": 100, "mnist": 200, "fashion-mnist": 200, "cifar10": 200}
 DEFAULT_LR = {"digits": 1e-2, "noise-digits": 1e-2, "mnist": 1e-3, "fashion-mnist": 1e-3, "cifar10": 1e-3}
@@ -325,6 +325,8 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
     :raises InvalidInputError, RunDirError, DataError, UntrustedCodeError: bad options, a run directory that does
         not fit (already holds another run, finished, or is a file), data that cannot be read; nothing already in
         ``out`` is lost. ``KeyboardInterrupt`` leaves every finished epoch in ``out`` (continue with ``resume``).
+    :raises CompactMismatchError: an epoch's compaction (its metrics) failed its self-check; every epoch before it is
+        kept in ``out``, as on an interrupt.
     """
     from .infer import fit
     from .runfiles import RunLock
@@ -353,6 +355,10 @@ def train_stage(options: Mapping[str, object], *, given: Collection[str] | None 
         except KeyboardInterrupt:
             print(f"pyro-sparse: interrupted; {out} keeps every finished epoch; continue with --resume",
                   file=sys.stderr)
+            raise
+        except CompactMismatchError:  # the per-epoch compaction's self-check: the epochs before it are kept
+            print(f"pyro-sparse: note: an epoch's compaction failed its self-check; {out} keeps every finished epoch "
+                  "(continue with --resume once the cause is fixed)", file=sys.stderr)
             raise
 
 

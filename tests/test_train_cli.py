@@ -437,3 +437,28 @@ def test_resume_needs_no_source_run_and_keeps_what_it_froze(tmp_path, monkeypatc
     assert {n for n, g in seen["requires_grad"].items() if not g} == set(frozen)
     assert set(seen["pi"]) == set(bb_pi) and all(torch.equal(seen["pi"][n], bb_pi[n]) for n in bb_pi)
     assert len((dbb / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_failed_epoch_compaction_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
+    """On an H200 a BB LeNet-5 run stopped at epoch 21 when the per-epoch compaction failed its self-check (cuDNN's
+    TF32, fixed since): the error is one line, the note says the finished epochs are kept, and --resume goes on."""
+    import pyro_sparse.infer.callbacks as callbacks
+    from pyro_sparse.errors import CompactMismatchError
+
+    real, calls = callbacks.compact, []
+
+    def flaky(model, guide):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CompactMismatchError("compact network differs from the eval-mode model at layer 'fc2'")
+        return real(model, guide)
+
+    monkeypatch.setattr(callbacks, "compact", flaky)
+    out = tmp_path / "run"
+    args = ["train", "--method", "bb", "--arch", "lenet300", "--dataset", "digits", "--epochs", "3", "--out",
+            str(out), "--no-latency", "--quiet"]
+    code, err = _cli(args, capsys)
+    assert code == 2 and "keeps every finished epoch" in err and "differs from the eval-mode model" in err
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1 and not (out / "metrics.json").exists()
+    assert main([*args, "--resume"]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3 and (out / "metrics.json").is_file()
