@@ -53,7 +53,15 @@ from .errors import (
 from .layers import NORM_LAYERS, WEIGHT_LAYERS
 from .model import Classifier
 from .nn import DynamicGate, Select
-from .nn.attention import HeadGate, PrunedMultiheadAttention, is_qkv_attention, prune_qkv_heads
+from .nn.attention import (
+    HeadGate,
+    PrunedMultiheadAttention,
+    head_count,
+    head_layout,
+    head_projection,
+    is_qkv_attention,
+    prune_qkv_heads,
+)
 from .settings import ieee_fp32
 from .sparsify import (
     SparseModel,
@@ -214,7 +222,7 @@ def _prune_heads(net: nn.Module, kept: dict[str, list[int]], gated: set[str] = f
     for path, heads in kept.items():
         m = net.get_submodule(path)
         if not isinstance(m, nn.MultiheadAttention):
-            if len(heads) < m.num_heads:
+            if len(heads) < head_count(m):
                 prune_qkv_heads(m, heads)
         elif len(heads) < m.num_heads or path in gated:
             _wrap(net, path, lambda attention, heads=heads: PrunedMultiheadAttention.from_attention(attention, heads))
@@ -282,8 +290,9 @@ def _head_channels(net: nn.Module) -> set[tuple[nn.Module, bool]]:
     inputs (Torch-Pruning couples them through the reshapes, but not head by head)."""
     out = set()
     for m in net.modules():
-        if is_qkv_attention(m):
-            out |= {(m.qkv, True), (m.proj, False)} | ({(m.gate, True)} if getattr(m, "gate", None) else set())
+        layout = head_layout(m)
+        if layout is not None:
+            out |= {(m.get_submodule(path), True) for path, _ in layout.rows} | {(m.get_submodule(layout.proj), False)}
     return out
 
 
@@ -340,7 +349,8 @@ def _attach_head_gate(net: nn.Module, path: str, gate: DynamicGate) -> None:
     if isinstance(m, PrunedMultiheadAttention):
         m.gate = gate
     else:
-        _wrap(net, f"{path}.proj", lambda proj: nn.Sequential(HeadGate(gate, m.num_heads), proj))
+        _wrap(net, f"{path}.{head_projection(m)[0]}" if path else head_projection(m)[0],
+              lambda proj: nn.Sequential(HeadGate(gate, head_count(m)), proj))
 
 
 def check_guide(model: SparseModel, guide) -> None:
@@ -643,7 +653,7 @@ def _replay(base: nn.Module, info: dict, customized_pruners: dict | None) -> Non
                               "base network")
     for name, kept in info["heads"].items():
         m = modules.get(name)
-        if not (isinstance(m, nn.MultiheadAttention) or is_qkv_attention(m)) or max(kept) >= m.num_heads:
+        if not (isinstance(m, nn.MultiheadAttention) or is_qkv_attention(m)) or max(kept) >= head_count(m):
             raise RunDirError(f"the recorded heads of {name!r} ({len(kept)} kept, up to head {max(kept)}) are no heads "
                               "of an attention layer (nn.MultiheadAttention, qkv attention) of the base network")
     if info["history"]:  # (an SVD network of a net the tracer cannot follow records none)

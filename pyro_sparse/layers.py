@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .nn.attention import head_count, head_projection
+
 #: layer types a method attaches latents to (SVD: their weights; unit methods: their output channels / inputs)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: normalisation layers over channels into whose affine parameters unit multipliers are folded
@@ -48,8 +50,9 @@ def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=
     (``"heads"``: each head's value rows; a qkv attention's: its columns of ``proj``), by ``factor [K]``; with
     ``index`` / ``root_index``,
     channel ``index[i]`` gets ``factor[root_index[i]]`` and the others 1."""
-    if where == "heads" and not isinstance(m, nn.MultiheadAttention):  # a qkv attention: proj's head columns
-        m.proj.weight.mul_(factor.to(m.proj.weight).repeat_interleave(m.head_dim).view(1, -1))
+    if where == "heads" and not isinstance(m, nn.MultiheadAttention):  # a qkv attention: its projection's columns
+        proj = head_projection(m)[1]
+        proj.weight.mul_(factor.to(proj.weight).repeat_interleave(proj.in_features // head_count(m)).view(1, -1))
         return
     if where == "heads":  # an nn.MultiheadAttention: a head's output is linear in its value rows
         h, e = m.num_heads, m.embed_dim

@@ -68,6 +68,9 @@ from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.attention import (
     HeadLatents,
     features_of_heads,
+    head_count,
+    head_layout,
+    head_projection,
     head_pruning_problem,
     heads_of_features,
     is_qkv_attention,
@@ -522,10 +525,10 @@ class SparseModel(Classifier):
                     heads[id(module.out_proj.weight)] = apply_units
                     continue
                 if p.where == "heads":  # a qkv attention: the heads' outputs as its projection's input features
-                    h = module.num_heads
+                    h = head_count(module)
                     apply = (lambda t, h=h, apply_units=apply_units:  # noqa: E731
                              features_of_heads(apply_units(heads_of_features(t, h))))
-                    module = module.proj
+                    module = head_projection(module)[1]
                 if compiled:  # a compiled network runs the hooks eagerly: the graph breaks at each draw (Pyro's
                     apply = torch.compiler.disable(apply)  # handlers are untraceable), but is never recompiled
                 if p.where == "out":  # prepend: before any hook of the user's (they see what the next layer sees)
@@ -689,20 +692,20 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
     if any(isinstance(m, NORM_LAYERS) for m in net.modules()):
         options = {**spec.norm_options, **options}
     heads = []  # (attention, K): one latent per head; the output projection's inputs get no unit of their own
-    for name in _attention_projections(net, chosen):  # read as .weight by the attention: no unit on their inputs
-        del chosen[name]
-        attention = name.rpartition(".")[0]
+    for name, attention in _attention_projections(net, chosen).items():  # read as .weight by the attention (torch's)
+        del chosen[name]  # or carrying the heads (qkv attentions): no unit on their inputs
         m = net.get_submodule(attention)
         problem = head_pruning_problem(m) if isinstance(m, nn.MultiheadAttention) else qkv_head_problem(m)
         if problem is None:
-            heads.append((attention, m.num_heads))
+            heads.append((attention, head_count(m)))
             continue
         reason = f"the heads of the {type(m).__name__} {attention!r} get no latent: {problem}"
         if strict:
             raise UnsupportedModelError(f"{reason}; exclude its output projection (exclude=[{name!r}])")
         model.skipped.append({"group": name, "reason": reason})
     for name, m in net.named_modules():  # heads that cannot go: the projection's input features are units instead
-        problem = qkv_head_problem(m) if is_qkv_attention(m) and f"{name}.proj" in chosen else None
+        layout = head_layout(m)
+        problem = qkv_head_problem(m) if layout is not None and f"{name}.{layout.proj}" in chosen else None
         if problem:
             model.skipped.append({"group": name, "reason": f"the heads of the {type(m).__name__} {name!r} get no "
                                   f"latent: {problem}; its projection's input features get one each"})
@@ -714,16 +717,20 @@ def _attach_unit_latents(model: SparseModel, net: nn.Module, spec: Method, chose
                       "instead", stacklevel=2)
 
 
-def _attention_projections(net: nn.Module, chosen: dict) -> list[str]:
-    """The layers of ``chosen`` (names) that take an attention's heads' outputs: an ``nn.MultiheadAttention``'s
-    ``out_proj`` (the attention uses its weight inside its own functional call, so neither a hook nor a ``Select`` in
-    front of it would be seen) and a qkv attention's ``proj`` (its inputs are the heads; :func:`sparsify` puts the
-    head latents there, :func:`pyro_sparse.compact` no ``Select``)."""
-    inside = {f"{name}.{child}" for name, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)
+def _attention_projections(net: nn.Module, chosen: dict) -> dict[str, str]:
+    """``{layer: its attention}`` for the layers of ``chosen`` (names) that take an attention's heads' outputs: an
+    ``nn.MultiheadAttention``'s ``out_proj`` (the attention uses its weight inside its own functional call, so neither
+    a hook nor a ``Select`` in front of it would be seen) and a qkv attention's output projection (timm's ``proj``,
+    Hugging Face's ``output.dense``: its inputs are the heads; :func:`sparsify` puts the head latents there,
+    :func:`pyro_sparse.compact` no ``Select``)."""
+    inside = {f"{name}.{child}": name for name, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)
               for child, _ in m.named_modules() if child}
     # (a qkv attention whose heads cannot go: its projection's input features are units, as any dense layer's)
-    inside |= {f"{name}.proj" for name, m in net.named_modules() if is_qkv_attention(m) and not qkv_head_problem(m)}
-    return [name for name in chosen if name in inside]
+    for name, m in net.named_modules():
+        layout = head_layout(m)
+        if layout is not None and not qkv_head_problem(m):
+            inside[f"{name}.{layout.proj}" if name else layout.proj] = name
+    return {name: inside[name] for name in chosen if name in inside}
 
 
 def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Placement], str | None]:

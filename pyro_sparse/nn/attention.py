@@ -15,12 +15,20 @@ module laid out like it (:func:`is_qkv_attention`): a packed ``qkv`` ``nn.Linear
 kept head's test-time multiplier folds into those columns, and a pruned head's rows of ``qkv`` (and of the optional
 ``gate`` projection) and columns of ``proj`` are removed in place, with ``num_heads`` and ``attn_dim`` lowered
 (:func:`prune_qkv_heads`): the module stays the user's class.
+
+**Hugging Face-style attention** (``ViTAttention``, ``BertAttention`` and modules laid out like them) is handled the
+same way: its self-attention child (``attention`` or ``self``) holds separate ``query``/``key``/``value``
+``nn.Linear`` layers of ``all_head_size = num_attention_heads·attention_head_size`` outputs each, and the output
+projection is the sibling ``output.dense``. :func:`head_layout` describes both layouts (where the projection is,
+which layers give head-major rows, which attributes hold the head count and width); every function here that takes
+a "qkv attention" takes either.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +45,100 @@ def head_pruning_problem(m: nn.MultiheadAttention) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class HeadLayout:
+    """Where an attention module with separate projections keeps its heads (paths relative to the module).
+
+    :ivar proj: the output projection (an ``nn.Linear`` reading the heads' outputs side by side, head-major).
+    :ivar rows: ``(layer, parts)``: layers whose outputs are ``parts`` blocks of head-major features (timm's ``qkv``:
+        3; its ``gate``, Hugging Face's ``query``/``key``/``value``: 1).
+    :ivar owner: the module holding the head count and width attributes (``""``: the attention module itself).
+    :ivar heads, width: the names of those attributes (``width = heads · head size``); ``None`` where the module has
+        none (its forward infers them from the projections' sizes).
+    """
+
+    proj: str
+    rows: tuple[tuple[str, int], ...]
+    owner: str
+    heads: str | None
+    width: str | None
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _as_linear(layer) -> nn.Linear | None:
+    """``layer`` if it is an ``nn.Linear``, the last layer of a ``Sequential`` that ends in one (a compact network's
+    ``Sequential(Select, Linear)`` or ``Sequential(HeadGate, Linear)``), else ``None``."""
+    if isinstance(layer, nn.Sequential) and len(layer):
+        layer = layer[-1]
+    return layer if isinstance(layer, nn.Linear) else None
+
+
+def head_layout(m: nn.Module) -> HeadLayout | None:
+    """The :class:`HeadLayout` of ``m`` if it is laid out as timm's ``Attention`` (``qkv`` and ``proj``
+    ``nn.Linear`` layers, integer ``num_heads``, ``head_dim``, ``attn_dim = num_heads·head_dim``, ``qkv`` giving
+    ``3·attn_dim`` and ``proj`` taking ``attn_dim`` features) or as Hugging Face's ``ViTAttention`` /
+    ``BertAttention`` (a self-attention child ``attention`` or ``self`` with ``query``, ``key``, ``value``
+    ``nn.Linear`` layers of ``all_head_size`` outputs and integer ``num_attention_heads``, ``attention_head_size``,
+    ``all_head_size``; the output projection ``output.dense`` taking ``all_head_size`` features) or as transformers
+    5's ``ViTAttention`` and its kin (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and an integer ``head_dim``, k and
+    v as wide as q: grouped-query attention is not recognised); else ``None``.
+    Their forwards read the head count and width when they reshape, so removing heads in place keeps them valid
+    (:func:`pyro_sparse.compact` checks the result against the model)."""
+    if isinstance(m, nn.MultiheadAttention):
+        return None
+    qkv, proj = _as_linear(getattr(m, "qkv", None)), _as_linear(getattr(m, "proj", None))
+    if qkv is not None and proj is not None:
+        h, d, hd = (getattr(m, a, None) for a in ("num_heads", "head_dim", "attn_dim"))
+        if all(_count(v) for v in (h, d, hd)) and hd == h * d and qkv.out_features == 3 * hd and proj.in_features == hd:
+            rows = (("qkv", 3),) + ((("gate", 1),) if _as_linear(getattr(m, "gate", None)) is not None else ())
+            return HeadLayout("proj", rows, "", "num_heads", "attn_dim")
+        return None
+    q, k, v, o = (_as_linear(getattr(m, n, None)) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    if q is not None and k is not None and v is not None and o is not None:  # transformers 5's layout (ViT, ...)
+        d = getattr(m, "head_dim", None)
+        heads = next((n for n in ("num_attention_heads", "num_heads") if _count(getattr(m, n, None))), None)
+        if (_count(d) and q.out_features % d == 0 and q.out_features == k.out_features == v.out_features
+                == o.in_features and (heads is None or getattr(m, heads) * d == q.out_features)):
+            return HeadLayout("o_proj", (("q_proj", 1), ("k_proj", 1), ("v_proj", 1)), "", heads, None)
+        return None  # (grouped-query attention, k/v with fewer heads than q: not handled)
+    dense = _as_linear(getattr(getattr(m, "output", None), "dense", None))
+    for owner in ("attention", "self"):
+        a = getattr(m, owner, None)
+        if a is None or dense is None:
+            continue
+        h, d, hd = (getattr(a, n, None) for n in ("num_attention_heads", "attention_head_size", "all_head_size"))
+        layers = [_as_linear(getattr(a, n, None)) for n in ("query", "key", "value")]
+        if (all(_count(v) for v in (h, d, hd)) and hd == h * d and dense.in_features == hd
+                and all(q is not None and q.out_features == hd for q in layers)):
+            return HeadLayout("output.dense", tuple((f"{owner}.{n}", 1) for n in ("query", "key", "value")), owner,
+                              "num_attention_heads", "all_head_size")
+    return None
+
+
 def is_qkv_attention(m: nn.Module) -> bool:
-    """Whether ``m`` is laid out as timm's ``Attention``: ``qkv`` and ``proj`` ``nn.Linear`` layers and integer
-    ``num_heads``, ``head_dim``, ``attn_dim = num_heads·head_dim`` with ``qkv`` giving ``3·attn_dim`` and ``proj``
-    taking ``attn_dim`` features (its forward reads ``num_heads`` and ``attn_dim`` when it reshapes, so removing heads
-    in place keeps it valid; :func:`pyro_sparse.compact` checks the result against the model)."""
-    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
-    h, d, hd = (getattr(m, a, None) for a in ("num_heads", "head_dim", "attn_dim"))
-    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear) or isinstance(m, nn.MultiheadAttention):
-        return False
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, d, hd)):
-        return False
-    return hd == h * d and qkv.out_features == 3 * hd and proj.in_features == hd
+    """Whether ``m`` is an attention module with separate projections whose heads :func:`head_layout` describes
+    (timm's or Hugging Face's layout)."""
+    return head_layout(m) is not None
+
+
+def head_count(m: nn.Module) -> int:
+    """The number of heads of an ``nn.MultiheadAttention`` or a qkv attention (:func:`head_layout`)."""
+    if isinstance(m, nn.MultiheadAttention):
+        return m.num_heads
+    layout = head_layout(m)
+    if layout.heads is not None:
+        return getattr(m.get_submodule(layout.owner) if layout.owner else m, layout.heads)
+    return _as_linear(m.get_submodule(layout.proj)).in_features // m.head_dim
+
+
+def head_projection(m: nn.Module) -> tuple[str, nn.Module]:
+    """``(path relative to m, layer)`` of a qkv attention's output projection (a compact network may hold it
+    wrapped: ``Sequential(..., Linear)``)."""
+    path = head_layout(m).proj
+    return path, m.get_submodule(path)
 
 
 def qkv_head_problem(m: nn.Module) -> str | None:
@@ -57,29 +147,35 @@ def qkv_head_problem(m: nn.Module) -> str | None:
     if norm is not None and not isinstance(norm, nn.Identity):
         return "a normalisation over all heads' outputs (scale_norm) sits before its output projection"
     gate = getattr(m, "gate", None)
-    if gate is not None and not (isinstance(gate, nn.Linear) and gate.out_features == m.attn_dim):
+    if gate is not None and head_layout(m).proj == "proj" and not (
+            isinstance(gate, nn.Linear) and gate.out_features == m.attn_dim):
         return "its output gate is not an nn.Linear giving one value per head feature"
     return None
 
 
 @torch.no_grad()
 def prune_qkv_heads(m: nn.Module, kept: list[int]) -> None:
-    """Keep only the heads ``kept`` of the qkv attention ``m``, in place: its ``qkv`` rows of each kept head (query,
-    key and value), the same rows of ``gate`` if it has one, the same input columns of ``proj``; ``num_heads`` and
-    ``attn_dim`` lowered to match.
+    """Keep only the heads ``kept`` of the qkv attention ``m`` (:func:`head_layout`), in place: each kept head's rows
+    of the row layers (timm: ``qkv``'s query, key and value rows and ``gate``'s; Hugging Face: ``query``, ``key``,
+    ``value``), the same input columns of the output projection; the head count and width lowered to match.
 
     :raises ValueError: ``kept`` is empty, repeats a head or names one ``m`` has not."""
-    h, d = m.num_heads, m.head_dim
+    layout = head_layout(m)
+    owner = m.get_submodule(layout.owner) if layout.owner else m
+    h = head_count(m)
+    width = _as_linear(m.get_submodule(layout.proj)).in_features
+    d = width // h
     if not kept or len(set(kept)) != len(kept) or not all(0 <= i < h for i in kept):
         raise ValueError(f"kept heads must be distinct indices in 0 … {h - 1}, at least one; got {kept}")
-    cols = torch.tensor([i * d + j for i in kept for j in range(d)], device=m.proj.weight.device)
-    rows = torch.cat([cols + part * m.attn_dim for part in range(3)])
-    _keep_rows(_linear(m.qkv), rows)
-    if getattr(m, "gate", None) is not None:
-        _keep_rows(_linear(m.gate), cols)
-    m.proj.weight = nn.Parameter(m.proj.weight[:, cols].clone(), m.proj.weight.requires_grad)
-    m.proj.in_features = cols.numel()
-    m.num_heads, m.attn_dim = len(kept), len(kept) * d
+    proj = _linear(m.get_submodule(layout.proj))
+    cols = torch.tensor([i * d + j for i in kept for j in range(d)], device=proj.weight.device)
+    for path, parts in layout.rows:
+        _keep_rows(_linear(m.get_submodule(path)), torch.cat([cols + part * width for part in range(parts)]))
+    proj.weight = nn.Parameter(proj.weight[:, cols].clone(), proj.weight.requires_grad)
+    proj.in_features = cols.numel()
+    for attr, value in ((layout.heads, len(kept)), (layout.width, len(kept) * d)):
+        if attr is not None:
+            setattr(owner, attr, value)
 
 
 def _linear(layer: nn.Module) -> nn.Linear:

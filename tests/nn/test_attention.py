@@ -379,3 +379,158 @@ def test_timm_vision_transformers(arch, method, tmp_path):
     save_compact(small, tmp_path / arch)
     again = load_compact(tmp_path / arch, factory=lambda: _timm_net(arch))
     assert torch.allclose(again(x), small(x), atol=1e-6)
+
+
+class HFSelfAttention(nn.Module):
+    """Laid out as Hugging Face's ``ViTSelfAttention`` / ``BertSelfAttention`` (transformers 4.x): separate
+    ``query``/``key``/``value`` layers, the head count and widths as attributes its forward reshapes with."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, dim // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query, self.key, self.value = (nn.Linear(dim, self.all_head_size) for _ in range(3))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+
+        def split(t):
+            return t.view(b, n, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        p = (q @ k.transpose(-1, -2) / self.attention_head_size ** 0.5).softmax(-1)
+        return (p @ v).permute(0, 2, 1, 3).reshape(b, n, self.all_head_size)
+
+
+class HFAttention(nn.Module):
+    """``ViTAttention`` (``attention`` + ``output.dense``) or, with ``bert=True``, ``BertAttention`` (``self`` +
+    ``output.dense`` then a LayerNorm over the residual sum)."""
+
+    def __init__(self, dim: int, heads: int, bert: bool = False):
+        super().__init__()
+        setattr(self, "self" if bert else "attention", HFSelfAttention(dim, heads))
+        self.bert = bert
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(dim, dim)
+        self.output.LayerNorm = nn.LayerNorm(dim) if bert else nn.Identity()
+
+    def forward(self, x):
+        h = self.output.dense(getattr(self, "self" if self.bert else "attention")(x))
+        return self.output.LayerNorm(h + x) if self.bert else h
+
+
+class TinyHFTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.norm = nn.LayerNorm(16)
+        self.layer = nn.ModuleList([HFAttention(16, 4), HFAttention(16, 4, bert=True)])
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.layer[0](self.norm(h))
+        return self.head(self.layer[1](h).mean(1))
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb", "dbb"])
+def test_hugging_face_style_attention_heads_are_units_and_compact_removes_them(method, tmp_path):
+    """Hugging Face-style attention (issue 28, item 2: separate ``query``/``key``/``value`` layers, the output
+    projection in the sibling ``output.dense``): one latent per head on ``output.dense``'s inputs; ``compact`` keeps
+    the user's modules with fewer heads (``query``/``key``/``value`` rows, ``dense`` columns,
+    ``num_attention_heads``, ``all_head_size``), exact; DBB's head gates sit in front of ``output.dense``; save/load
+    replays it."""
+    from pyro_sparse.nn.attention import HeadGate
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the residual stream is left dense: LayerNorm)
+        model = sparsify(TinyHFTransformer(), method, x[:2], num_data=12)
+        assert [k for k, p in model.placements.items() if p[0].where == "heads"] == ["layer__0_heads",
+                                                                                      "layer__1_heads"]
+        assert all(model.units[f"layer__{i}_heads"].num_units == 4 for i in range(2))
+        assert not any(p.module.endswith("output.dense") for ps in model.placements.values() for p in ps)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide, seed=3)
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    kept = small.pyro_sparse_compact["heads"]
+    assert sum(len(h) for h in kept.values()) < 8
+    for i, owner in ((0, "attention"), (1, "self")):
+        a = getattr(small.layer[i], owner)
+        assert type(a) is HFSelfAttention and a.num_attention_heads == len(kept[f"layer.{i}"])
+        assert a.all_head_size == 4 * a.num_attention_heads
+        for q in (a.query, a.key, a.value):
+            assert (q[-1] if isinstance(q, nn.Sequential) else q).out_features == a.all_head_size
+        dense = small.layer[i].output.dense
+        if method == "dbb":
+            assert isinstance(dense[0], HeadGate) and dense[0].gate.num_units == a.num_attention_heads
+        assert (dense[-1] if isinstance(dense, nn.Sequential) else dense).weight.shape == (16, a.all_head_size)
+    save_compact(small, tmp_path / "hf")
+    again = load_compact(tmp_path / "hf", factory=TinyHFTransformer)
+    assert torch.allclose(again(x), small(x), atol=1e-6)
+
+
+def _hf_net(arch: str) -> nn.Module:
+    """transformers' ViT (transformers 5's ``q_proj``/``k_proj``/``v_proj``/``o_proj`` layout) and BERT
+    (``self.query``/``key``/``value`` + ``output.dense``), small configs, random weights, eager attention; BERT reads
+    float token embeddings ``[B, T, 32]`` (``inputs_embeds``)."""
+    tf = pytest.importorskip("transformers")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            if arch == "vit":
+                self.hf = tf.ViTForImageClassification(tf.ViTConfig(
+                    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, num_labels=10, attn_implementation="eager"))
+            else:
+                self.hf = tf.BertForSequenceClassification(tf.BertConfig(
+                    vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                    num_labels=3, max_position_embeddings=16, attn_implementation="eager"))
+
+        def forward(self, x):
+            return self.hf(pixel_values=x).logits if arch == "vit" else self.hf(inputs_embeds=x).logits
+
+    return Net()
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+@pytest.mark.parametrize("arch", ["vit", "bert"])
+def test_hugging_face_transformers(arch, method, tmp_path):
+    """transformers 5.25's ViT and BERT (issue 28, items 2 and 4): one latent per head of every attention (SVD: priors
+    on every projection); forced pruning; compact keeps transformers' own modules with fewer heads, equals the
+    eval-mode model, and reloads exactly from a factory. Before, their heads were not recognised and compact pruned
+    q/k/v features one by one, breaking the reshape into heads after training."""
+    net = _hf_net(arch)
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 32, 32) if arch == "vit" else torch.randn(6, 8, 32)
+    y = torch.randint(0, 10 if arch == "vit" else 3, (6,))
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(net, method, x[:2], num_data=6)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y, steps=1)
+        force_prune(guide, seed=1)
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    if method != "svd":
+        heads = [k for k, p in model.placements.items() if p[0].where == "heads"]
+        assert len(heads) == 2 and all(model.units[k].num_units == 4 for k in heads)
+        kept = small.pyro_sparse_compact["heads"]
+        assert 2 <= sum(len(h) for h in kept.values()) < 8
+        layers = small.hf.vit.layers if arch == "vit" else small.hf.bert.encoder.layer
+        for i, layer in enumerate(layers):
+            name = next(n for n in kept if n.endswith(f".{i}.attention"))
+            a = layer.attention if arch == "vit" else layer.attention.self
+            assert type(a).__name__ == ("ViTAttention" if arch == "vit" else "BertSelfAttention")
+            assert a.num_attention_heads == len(kept[name])
+    save_compact(small, tmp_path / arch)
+    again = load_compact(tmp_path / arch, factory=lambda: _hf_net(arch))
+    assert torch.allclose(again(x), small(x), atol=1e-6)
