@@ -334,6 +334,22 @@ def test_qkv_attention_with_a_norm_over_its_heads_keeps_its_heads_and_says_why()
     assert "normalisation over all heads' outputs" in reason and "input features get one each" in reason
 
 
+def _forced_compact(net: nn.Module, method: str, x: torch.Tensor, y: torch.Tensor, steps: int = 1, seed: int = 1):
+    """``(model, compact network)``: ``net`` sparsified, ``steps`` SVI steps, forced pruning, compacted; the compact
+    network equals the eval-mode model on ``x``."""
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(net, method, x[:2], num_data=len(x))
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y, steps=steps)
+        force_prune(guide, seed=seed)
+        small = compact(model, guide, probe=x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    return model, small
+
+
 TIMM = {  # timm's smallest ViT and DeiT at CIFAR-10 size, random weights (no download): issue 28, item 4
     "vit": "vit_tiny_patch16_224",
     "deit": "deit_tiny_patch16_224",
@@ -354,16 +370,7 @@ def test_timm_vision_transformers(arch, method, tmp_path):
     net = _timm_net(arch)
     torch.manual_seed(0)
     x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = sparsify(net, method, x[:2], num_data=6)
-        guide = MeanFieldGuide(model)
-        _train(model, guide, x, y, steps=1)
-        force_prune(guide, seed=1)
-        small = compact(model, guide, probe=x)
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(small(x), model(x), atol=1e-5)
+    model, small = _forced_compact(net, method, x, y)
     if method == "svd":
         assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.mlp.fc1"} <= set(model.weight_layers.values())
         qkv = small.blocks[0].attn.qkv
@@ -443,20 +450,10 @@ def test_hugging_face_style_attention_heads_are_units_and_compact_removes_them(m
 
     torch.manual_seed(0)
     x, y = torch.randn(12, 6, 8), torch.randint(0, 3, (12,))
-    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (the residual stream is left dense: LayerNorm)
-        model = sparsify(TinyHFTransformer(), method, x[:2], num_data=12)
-        assert [k for k, p in model.placements.items() if p[0].where == "heads"] == ["layer__0_heads",
-                                                                                      "layer__1_heads"]
-        assert all(model.units[f"layer__{i}_heads"].num_units == 4 for i in range(2))
-        assert not any(p.module.endswith("output.dense") for ps in model.placements.values() for p in ps)
-        guide = MeanFieldGuide(model)
-        _train(model, guide, x, y)
-        force_prune(guide, seed=3)
-        small = compact(model, guide, probe=x)
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(small(x), model(x), atol=1e-5)
+    model, small = _forced_compact(TinyHFTransformer(), method, x, y, steps=2, seed=3)
+    assert [k for k, p in model.placements.items() if p[0].where == "heads"] == ["layer__0_heads", "layer__1_heads"]
+    assert all(model.units[f"layer__{i}_heads"].num_units == 4 for i in range(2))
+    assert not any(p.module.endswith("output.dense") for ps in model.placements.values() for p in ps)
     kept = small.pyro_sparse_compact["heads"]
     assert sum(len(h) for h in kept.values()) < 8
     for i, owner in ((0, "attention"), (1, "self")):
@@ -510,16 +507,7 @@ def test_hugging_face_transformers(arch, method, tmp_path):
     torch.manual_seed(0)
     x = torch.rand(6, 3, 32, 32) if arch == "vit" else torch.randn(6, 8, 32)
     y = torch.randint(0, 10 if arch == "vit" else 3, (6,))
-    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = sparsify(net, method, x[:2], num_data=6)
-        guide = MeanFieldGuide(model)
-        _train(model, guide, x, y, steps=1)
-        force_prune(guide, seed=1)
-        small = compact(model, guide, probe=x)
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(small(x), model(x), atol=1e-5)
+    model, small = _forced_compact(net, method, x, y)
     if method != "svd":
         heads = [k for k, p in model.placements.items() if p[0].where == "heads"]
         assert len(heads) == 2 and all(model.units[k].num_units == 4 for k in heads)
