@@ -272,7 +272,6 @@ def dependency_graph(net: nn.Module, example_input: torch.Tensor, customized_pru
     """
     import torch_pruning as tp
 
-    pruners = dict(customized_pruners or {})
     was_training = net.training
     net.eval()
     try:
@@ -281,7 +280,7 @@ def dependency_graph(net: nn.Module, example_input: torch.Tensor, customized_pru
             # Torch-Pruning prunes them along their last dimension, their channels; nothing for a user to act on)
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             return tp.DependencyGraph().build_dependency(net, example_inputs=example_input,
-                                                         customized_pruners=pruners or None)
+                                                         customized_pruners=dict(customized_pruners or {}) or None)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UnsupportedModelError(f"the dependency tracer (torch-pruning) cannot follow this network ({first}); "

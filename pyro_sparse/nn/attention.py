@@ -16,12 +16,13 @@ kept head's test-time multiplier folds into those columns, and a pruned head's r
 ``gate`` projection) and columns of ``proj`` are removed in place, with ``num_heads`` and ``attn_dim`` lowered
 (:func:`prune_qkv_heads`): the module stays the user's class.
 
-**Hugging Face-style attention** (``ViTAttention``, ``BertAttention`` and modules laid out like them) is handled the
-same way: its self-attention child (``attention`` or ``self``) holds separate ``query``/``key``/``value``
-``nn.Linear`` layers of ``all_head_size = num_attention_heads·attention_head_size`` outputs each, and the output
-projection is the sibling ``output.dense``. :func:`head_layout` describes both layouts (where the projection is,
-which layers give head-major rows, which attributes hold the head count and width); every function here that takes
-a "qkv attention" takes either.
+**Hugging Face attention** is handled the same way, in its two layouts: ``BertAttention``-style (a self-attention
+child ``attention`` or ``self`` holding separate ``query``/``key``/``value`` ``nn.Linear`` layers of
+``all_head_size = num_attention_heads·attention_head_size`` outputs each, the output projection the sibling
+``output.dense``) and transformers 5's ``ViTAttention``-style (``q_proj``/``k_proj``/``v_proj``/``o_proj`` and
+``head_dim`` in one module). :func:`head_layout` describes all three layouts (where the projection is, which layers
+give head-major rows, which attributes hold the head count and width); every function here that takes a "qkv
+attention" takes any of them.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def head_layout(m: nn.Module) -> HeadLayout | None:
 
 def is_qkv_attention(m: nn.Module) -> bool:
     """Whether ``m`` is an attention module with separate projections whose heads :func:`head_layout` describes
-    (timm's or Hugging Face's layout)."""
+    (timm's or one of Hugging Face's layouts)."""
     return head_layout(m) is not None
 
 
@@ -163,24 +164,19 @@ def prune_qkv_heads(m: nn.Module, kept: list[int]) -> None:
     layout = head_layout(m)
     owner = m.get_submodule(layout.owner) if layout.owner else m
     h = head_count(m)
-    width = _as_linear(m.get_submodule(layout.proj)).in_features
+    proj = _as_linear(m.get_submodule(layout.proj))
+    width = proj.in_features
     d = width // h
     if not kept or len(set(kept)) != len(kept) or not all(0 <= i < h for i in kept):
         raise ValueError(f"kept heads must be distinct indices in 0 … {h - 1}, at least one; got {kept}")
-    proj = _linear(m.get_submodule(layout.proj))
     cols = torch.tensor([i * d + j for i in kept for j in range(d)], device=proj.weight.device)
     for path, parts in layout.rows:
-        _keep_rows(_linear(m.get_submodule(path)), torch.cat([cols + part * width for part in range(parts)]))
+        _keep_rows(_as_linear(m.get_submodule(path)), torch.cat([cols + part * width for part in range(parts)]))
     proj.weight = nn.Parameter(proj.weight[:, cols].clone(), proj.weight.requires_grad)
     proj.in_features = cols.numel()
     for attr, value in ((layout.heads, len(kept)), (layout.width, len(kept) * d)):
         if attr is not None:
             setattr(owner, attr, value)
-
-
-def _linear(layer: nn.Module) -> nn.Linear:
-    """The ``nn.Linear`` itself, also when a compact network reads only some of its inputs (``Select``, then it)."""
-    return layer[-1] if isinstance(layer, nn.Sequential) else layer
 
 
 def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:

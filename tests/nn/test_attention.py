@@ -508,7 +508,11 @@ def test_hugging_face_transformers(arch, method, tmp_path):
     x = torch.rand(6, 3, 32, 32) if arch == "vit" else torch.randn(6, 8, 32)
     y = torch.randint(0, 10 if arch == "vit" else 3, (6,))
     model, small = _forced_compact(net, method, x, y)
-    if method != "svd":
+    if method == "svd":  # forced pruning reached the attention's projections
+        a = small.hf.vit.layers[0].attention if arch == "vit" else small.hf.bert.encoder.layer[0].attention.self
+        q = a.q_proj if arch == "vit" else a.query
+        assert int(((q[-1] if isinstance(q, nn.Sequential) else q).weight == 0).sum()) > 0
+    else:
         heads = [k for k, p in model.placements.items() if p[0].where == "heads"]
         assert len(heads) == 2 and all(model.units[k].num_units == 4 for k in heads)
         kept = small.pyro_sparse_compact["heads"]
