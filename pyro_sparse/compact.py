@@ -244,6 +244,9 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
     heads = _head_channels(net)
     grouped_inputs: set[str] = set()
     for root, group in channel_groups(net, dg, outputs):
+        if group is None:  # the tracer did not close it (sparsify left it dense): it stays whole
+            prune_root[root] = set()
+            continue
         k = len(group.items[0].idxs)
         if any((it.dep.target.module, layers.is_out(it.dep.handler, dg)) in heads for it in group.items):
             continue  # a qkv attention's heads: they go a whole head at a time (_prune_heads)
@@ -262,6 +265,10 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
             for r, where in cols.items():
                 if all(layers.zero_columns(m, [i]) for m, i in where):
                     dead.add(r)
+        for it in group.items:  # a grouped convolution producing them loses equally many per group
+            if layers.is_out(it.dep.handler, dg) and layers.is_grouped(it.dep.target.module):
+                dead = layers.equal_per_group(it.dep.target.module, list(map(int, it.idxs)), dead,
+                                              dict(zip(map(int, it.idxs), map(int, it.root_idxs), strict=True)))
         if len(dead) >= k:  # keep one (zeroed) channel so that every layer keeps a valid shape
             dead.discard(min(dead))
         prune_root[root] = dead

@@ -75,10 +75,23 @@ def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=
 
 def is_grouped(m: nn.Module) -> bool:
     """Whether ``m`` is a grouped convolution that is not depthwise (``1 < groups != in_channels``, e.g. RegNet's,
-    ResNeXt's): its channels can only be removed a whole group at a time, so no channel group through it is pruned
-    exactly one channel at a time."""
+    ResNeXt's): its output channels can go only in equal counts per group (:func:`equal_per_group`), its input
+    channels not one at a time (each group reads its own block through one weight slice)."""
     groups = getattr(m, "groups", 1)
     return isinstance(m, WEIGHT_LAYERS) and groups > 1 and groups != getattr(m, "in_channels", groups)
+
+
+def equal_per_group(m: nn.Module, channels: list[int], dead: set[int], root: dict[int, int]) -> set[int]:
+    """``dead`` (root channel indices) less the channels revived so that every group of the grouped convolution
+    ``m`` (:func:`is_grouped`) loses as many output channels as the group that loses fewest (at least one channel per
+    group stays): ``m.groups`` blocks of ``m.out_channels / groups`` consecutive output channels; ``channels`` are
+    ``m``'s output channels of the channel group and ``root`` maps them to root indices. Exact: a revived channel's
+    test-time multiplier (0) is already folded in."""
+    per = m.out_channels // m.groups
+    blocks = [[root[c] for c in channels if c // per == g] for g in range(m.groups)]
+    lose = min(min(sum(r in dead for r in block) for block in blocks), per - 1)
+    revived = {r for block in blocks for r in sorted(r for r in block if r in dead)[lose:]}
+    return dead - revived
 
 
 def zero_columns(m: nn.Module, idxs: list[int]) -> bool:

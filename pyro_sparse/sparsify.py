@@ -313,13 +313,76 @@ def customized_pruners_of(pruners) -> dict:
     return dict(pruners)
 
 
-def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]):
-    """Yield ``(root_name, group)`` for every coupled channel group rooted at a conv/linear output (the output
-    layers excluded), as Torch-Pruning's ``get_all_groups`` gives them."""
+#: How many dependency steps Torch-Pruning's tracer may take to close one channel group, per node of the dependency
+#: graph. The largest group of torchvision's zoo and of transformers' ViT and BERT takes 2.2 steps per node (a ViT's
+#: residual stream; DenseNet-121's 1.2); past 20 the tracer has run away — index mappings through reshapes and
+#: permutations that never close, as the rotary position embeddings of a Llama-style decoder, where it grows one group
+#: by thousands of items a second — and the group is left whole. Small graphs get at least ``TRACER_MIN_STEPS``.
+TRACER_STEPS_PER_NODE = 20
+TRACER_MIN_STEPS = 1000
+
+
+class _TracerRanAway(Exception):
+    pass
+
+
+def _step_budget(dg) -> int:
+    return max(TRACER_MIN_STEPS, TRACER_STEPS_PER_NODE * len(dg.module2node))
+
+
+def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]) -> list[tuple[str, object | None]]:
+    """``[(root_name, group)]``: every coupled channel group rooted at a conv/linear output, as Torch-Pruning's
+    ``get_all_groups`` finds them, but within a bound: the tracer may take at most :data:`TRACER_STEPS_PER_NODE`
+    steps per node of ``dg`` (at least ``TRACER_MIN_STEPS``) for one group; a group it does not close within them is
+    ``None`` (left whole: :func:`sparsify` reports it, ``compact`` leaves it). Groups of the output layers, and those
+    rooted at an attention's head projections (they go a whole head at a time), are not traced."""
     names = {m: n for n, m in net.named_modules()}
-    for group in dg.get_all_groups(root_module_types=list(WEIGHT_LAYERS), ignored_layers=output_layers):
-        root = group.items[0].dep.target.module
-        yield names[root], group
+    heads = {m.get_submodule(path) for m in net.modules() if (layout := head_layout(m)) is not None
+             for path, _ in layout.rows}
+    ignored = set(output_layers) | set(dg.IGNORED_LAYERS_IN_TRACING)
+    budget, steps = _step_budget(dg), 0
+
+    def counted(test):
+        def step(handler):
+            nonlocal steps
+            steps += 1
+            if steps > budget:
+                raise _TracerRanAway
+            return test(handler)
+        return step
+
+    deps = [d for node in dg.module2node.values() for d in node.dependencies]
+    for d in deps:  # instance attributes on this graph's own objects, removed below
+        d.is_triggered_by = counted(d.is_triggered_by)
+    found, visited = [], set()
+    try:
+        for m in list(dg.module2node):
+            if not isinstance(m, WEIGHT_LAYERS) or m in ignored or m in visited or m in heads:
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            steps = 0
+            try:
+                group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            except _TracerRanAway:
+                found.append((names[m], None))
+                continue
+            outs = {it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler)}
+            visited |= outs
+            if not outs & ignored:
+                found.append((names[m], group))
+    finally:
+        for d in deps:
+            del d.is_triggered_by
+    return found
+
+
+def ran_away(root: str, dg) -> str:
+    """The reason a channel group the tracer did not close (see :func:`channel_groups`) is left whole."""
+    return (f"channel group of {root!r}: the dependency tracer (torch-pruning) did not close it within "
+            f"{_step_budget(dg)} steps ({TRACER_STEPS_PER_NODE} per node of the graph): it follows reshapes or "
+            "permutations it cannot map (e.g. rotary position embeddings)")
 
 
 class SparseModel(Classifier):
@@ -737,12 +800,14 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
     producing layer), or ``([], reason)`` when a layer of the group cannot be pruned exactly."""
     norms = {it.dep.target.module for it in group.items
              if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
-    grouped = [it.dep.target.module for it in group.items
+    grouped = [(it.dep.target.module, is_out(it.dep.handler, dg)) for it in group.items
                if it.dep.target.module in names and is_grouped(it.dep.target.module)]
-    if grouped:
-        return [], (f"channel group of {root!r}: its channels pass through the grouped convolution "
-                    f"{names[grouped[0]]!r} (groups={grouped[0].groups}), whose channels go only a whole group at a "
-                    f"time; exclude {root!r} (exclude=[{root!r}])")
+    entering = [m for m, out in grouped if not out]
+    if entering or len(grouped) > 1:  # (one grouped conv producing them: equal counts per group, in compact)
+        m = (entering or [grouped[1][0]])[0]
+        return [], (f"channel group of {root!r}: its channels enter the grouped convolution {names[m]!r} "
+                    f"(groups={m.groups}), whose input channels cannot go one at a time; exclude {root!r} "
+                    f"(exclude=[{root!r}])")
     foreign = _foreign_layer(group, names)
     if foreign is not None:
         return [], (f"channel group of {root!r}: its channels pass through {names[foreign]!r} "
@@ -800,6 +865,11 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
     names = {m: n for n, m in net.named_modules()}
     units: list[tuple[int, str, int, list[Placement]]] = []  # (first call, key, K, placements)
     for root, group in channel_groups(net, dg, outputs):
+        if group is None:
+            if strict:
+                raise UnsupportedModelError(f"{ran_away(root, dg)}; exclude {root!r} (exclude=[{root!r}])")
+            model.skipped.append({"group": root, "reason": ran_away(root, dg)})
+            continue
         k = len(group.items[0].idxs)
         info = ChannelGroup(root)
         model.groups.append(info)

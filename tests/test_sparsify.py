@@ -7,6 +7,7 @@ save/load round trip (no unpickling) gives the same network.
 """
 
 import copy
+import sys
 import warnings
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch import nn
 from pyro_sparse import compact, load_compact, save_compact, sparsify
 from pyro_sparse.errors import InvalidInputError, UnsupportedModelError
 from pyro_sparse.infer import SparseELBO
+from pyro_sparse.layers import is_grouped
 from pyro_sparse.metrics import network_cost, summarize
 
 METHODS = ("svd", "sbp", "bb", "dbb")
@@ -570,10 +572,11 @@ class GroupedBlock(nn.Module):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_grouped_convolutions_stay_whole(method, tmp_path):
-    """Channel groups through a grouped convolution (its channels go only a whole group at a time) stay dense and are
-    reported; the others are pruned; compact is exact and reloads (before: an index error in compact for the unit
-    methods, a conv whose channels no longer divide by its groups for SVD — RegNet-x-400mf, issue 28)."""
+def test_grouped_convolutions_lose_equal_counts_per_group(method, tmp_path):
+    """A grouped convolution's output channels are units and go in equal counts per group (issue 28, item 3: pruned
+    channels of the groups that lose more are revived — their multiplier, 0, already folded in — so the layer stays
+    valid and compact exact); the channel group entering it stays dense and is reported; compact reloads. Before:
+    both groups stayed whole (and earlier, an index error in compact, RegNet-x-400mf)."""
     torch.manual_seed(0)
     x, y = _images("custom", 12)
     with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
@@ -585,9 +588,11 @@ def test_grouped_convolutions_stay_whole(method, tmp_path):
         small = compact(model, guide, probe=x)
     if method != "svd":
         reasons = {s["group"]: s["reason"] for s in model.skipped}
-        assert set(reasons) == {"stem", "grouped"} and "grouped convolution 'grouped' (groups=4)" in reasons["stem"]
-        assert small.point.out_channels < 24  # the group after the grouped conv is pruned
-    assert small.grouped.in_channels == 16 and small.grouped.out_channels == 32  # whole
+        assert set(reasons) == {"stem"} and "enter the grouped convolution 'grouped' (groups=4)" in reasons["stem"]
+        assert any(p.module in ("grouped", "bn1") for ps in model.placements.values() for p in ps)
+        assert small.point.out_channels < 24  # the group after the pointwise conv is pruned too
+    assert small.grouped.in_channels == 16 and small.grouped.groups == 4  # its inputs whole
+    assert small.grouped.out_channels < 32 and small.grouped.out_channels % 4 == 0  # equal counts per group
     model.eval()
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-5)
@@ -632,6 +637,10 @@ def test_modern_zoo(arch, method, tmp_path):
         assert model.skipped and model.units  # some groups stay whole, the others get units
         reasons = " ".join(s["reason"] for s in model.skipped)
         assert ("LayerNorm" in reasons) if arch == "convnext" else ("grouped convolution" in reasons)
+    if arch != "convnext":  # grouped convolutions lose output channels, equally many per group
+        grouped = [m for m in small.modules() if is_grouped(m)]
+        assert sum(m.out_channels for m in grouped) < sum(m.out_channels for m in net.modules() if is_grouped(m))
+        assert all(m.out_channels % m.groups == 0 for m in grouped)
     save_compact(small, tmp_path / arch)
     assert torch.equal(load_compact(tmp_path / arch, factory=MODERN[arch])(x), small(x))
 
@@ -771,3 +780,34 @@ def test_customized_pruners_bad_input_is_one_line():
         with pytest.raises(InvalidInputError, match=match) as e:
             sparsify(net, "bb", x, customized_pruners=bad)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["sbp", "bb"])
+def test_a_channel_group_the_tracer_does_not_close_is_left_whole_and_reported(method, monkeypatch):
+    """The dependency tracer runs within a bound (issue 28, item 3): a channel group it does not close within
+    ``TRACER_STEPS_PER_NODE`` steps per graph node (here: none may take a step) is left dense and reported, ``compact``
+    leaves it whole and stays exact, ``strict=True`` refuses in one line. Before, ``sparsify`` followed a runaway group
+    without end (a Llama decoder's rotary embeddings: 8 CPU minutes and counting)."""
+    sp = sys.modules["pyro_sparse.sparsify"]  # (the package exports the function under the module's name)
+    monkeypatch.setattr(sp, "TRACER_STEPS_PER_NODE", 0)
+    monkeypatch.setattr(sp, "TRACER_MIN_STEPS", 0)
+    torch.manual_seed(0)
+    x, y = _images("custom", 12)
+    with pyro.settings.context(module_local_params=True):
+        with pytest.warns(UserWarning, match="left dense"):
+            model = sparsify(Custom(), method, x[:2], num_data=50)
+        reasons = {s["group"]: s["reason"] for s in model.skipped}
+        assert {"stem", "branch"} <= set(reasons) and "did not close it within 0 steps" in reasons["stem"]
+        assert all(p.where == "in" for ps in model.placements.values() for p in ps)  # only the head's inputs
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+        with pytest.raises(UnsupportedModelError, match=r"^channel group of '\w+': the dependency tracer .* did not "
+                                                          r"close it within 0 steps .*exclude") as e:
+            sparsify(Custom(), method, x[:2], num_data=50, strict=True)
+    assert "\n" not in str(e.value)
+    assert small.stem.out_channels == 16 and small.mix.out_channels == 32  # whole
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)

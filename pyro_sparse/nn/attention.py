@@ -56,6 +56,10 @@ class HeadLayout:
     :ivar owner: the module holding the head count and width attributes (``""``: the attention module itself).
     :ivar heads, width: the names of those attributes (``width = heads · head size``); ``None`` where the module has
         none (its forward infers them from the projections' sizes).
+    :ivar group: query heads per key/value head (grouped-query attention, Ainslie et al. 2023: ``num_key_value_groups``;
+        1 otherwise). A unit is then one key/value head with its ``group`` query heads: a query head alone cannot go,
+        since the heads left must still share their key/value heads evenly.
+    :ivar kv_heads: the name of the attribute holding the number of key/value heads, ``None`` where there is none.
     """
 
     proj: str
@@ -63,6 +67,8 @@ class HeadLayout:
     owner: str
     heads: str | None
     width: str | None
+    group: int = 1
+    kv_heads: str | None = None
 
 
 def _count(v) -> bool:
@@ -84,8 +90,9 @@ def head_layout(m: nn.Module) -> HeadLayout | None:
     ``BertAttention`` (a self-attention child ``attention`` or ``self`` with ``query``, ``key``, ``value``
     ``nn.Linear`` layers of ``all_head_size`` outputs and integer ``num_attention_heads``, ``attention_head_size``,
     ``all_head_size``; the output projection ``output.dense`` taking ``all_head_size`` features) or as transformers
-    5's ``ViTAttention`` and its kin (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and an integer ``head_dim``, k and
-    v as wide as q: grouped-query attention is not recognised); else ``None``.
+    5's ``ViTAttention`` and its kin (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and an integer ``head_dim``; k and
+    v as wide as q, or narrower by a whole factor — grouped-query attention, as ``LlamaAttention`` with
+    ``num_key_value_heads < num_attention_heads``, whose units are its key/value heads); else ``None``.
     Their forwards read the head count and width when they reshape, so removing heads in place keeps them valid
     (:func:`pyro_sparse.compact` checks the result against the model)."""
     if isinstance(m, nn.MultiheadAttention):
@@ -101,10 +108,13 @@ def head_layout(m: nn.Module) -> HeadLayout | None:
     if q is not None and k is not None and v is not None and o is not None:  # transformers 5's layout (ViT, ...)
         d = getattr(m, "head_dim", None)
         heads = next((n for n in ("num_attention_heads", "num_heads") if _count(getattr(m, n, None))), None)
-        if (_count(d) and q.out_features % d == 0 and q.out_features == k.out_features == v.out_features
-                == o.in_features and (heads is None or getattr(m, heads) * d == q.out_features)):
-            return HeadLayout("o_proj", (("q_proj", 1), ("k_proj", 1), ("v_proj", 1)), "", heads, None)
-        return None  # (grouped-query attention, k/v with fewer heads than q: not handled)
+        if (_count(d) and k.out_features == v.out_features and k.out_features % d == 0
+                and q.out_features % k.out_features == 0 and q.out_features == o.in_features
+                and (heads is None or getattr(m, heads) * d == q.out_features)):
+            kv = "num_key_value_heads" if _count(getattr(m, "num_key_value_heads", None)) else None
+            return HeadLayout("o_proj", (("q_proj", 1), ("k_proj", 1), ("v_proj", 1)), "", heads, None,
+                              q.out_features // k.out_features, kv)
+        return None
     dense = _as_linear(getattr(getattr(m, "output", None), "dense", None))
     for owner in ("attention", "self"):
         a = getattr(m, owner, None)
@@ -126,13 +136,15 @@ def is_qkv_attention(m: nn.Module) -> bool:
 
 
 def head_count(m: nn.Module) -> int:
-    """The number of heads of an ``nn.MultiheadAttention`` or a qkv attention (:func:`head_layout`)."""
+    """The number of head units of an ``nn.MultiheadAttention`` or a qkv attention (:func:`head_layout`): its heads,
+    or under grouped-query attention its key/value heads (each with its ``group`` query heads; the output
+    projection reads a unit's query heads' outputs side by side, ``proj.in_features / head_count`` features)."""
     if isinstance(m, nn.MultiheadAttention):
         return m.num_heads
     layout = head_layout(m)
     if layout.heads is not None:
-        return getattr(m.get_submodule(layout.owner) if layout.owner else m, layout.heads)
-    return _as_linear(m.get_submodule(layout.proj)).in_features // m.head_dim
+        return getattr(m.get_submodule(layout.owner) if layout.owner else m, layout.heads) // layout.group
+    return _as_linear(m.get_submodule(layout.proj)).in_features // (m.head_dim * layout.group)
 
 
 def head_projection(m: nn.Module) -> tuple[str, nn.Module]:
@@ -158,7 +170,9 @@ def qkv_head_problem(m: nn.Module) -> str | None:
 def prune_qkv_heads(m: nn.Module, kept: list[int]) -> None:
     """Keep only the heads ``kept`` of the qkv attention ``m`` (:func:`head_layout`), in place: each kept head's rows
     of the row layers (timm: ``qkv``'s query, key and value rows and ``gate``'s; Hugging Face: ``query``, ``key``,
-    ``value``), the same input columns of the output projection; the head count and width lowered to match.
+    ``value``), the same input columns of the output projection; the head count and width lowered to match. Under
+    grouped-query attention ``kept`` counts key/value heads (:func:`head_count`): each keeps its row of ``k_proj``
+    and ``v_proj`` and its query heads' rows of ``q_proj``.
 
     :raises ValueError: ``kept`` is empty, repeats a head or names one ``m`` has not."""
     layout = head_layout(m)
@@ -169,14 +183,23 @@ def prune_qkv_heads(m: nn.Module, kept: list[int]) -> None:
     d = width // h
     if not kept or len(set(kept)) != len(kept) or not all(0 <= i < h for i in kept):
         raise ValueError(f"kept heads must be distinct indices in 0 … {h - 1}, at least one; got {kept}")
-    cols = torch.tensor([i * d + j for i in kept for j in range(d)], device=proj.weight.device)
+    cols = _head_block(kept, d, width, 1, proj.weight.device)
     for path, parts in layout.rows:
-        _keep_rows(_as_linear(m.get_submodule(path)), torch.cat([cols + part * width for part in range(parts)]))
+        layer = _as_linear(m.get_submodule(path))
+        rows_width = layer.out_features // parts  # (grouped-query attention: k/v narrower than q)
+        _keep_rows(layer, _head_block(kept, rows_width // h, rows_width, parts, proj.weight.device))
     proj.weight = nn.Parameter(proj.weight[:, cols].clone(), proj.weight.requires_grad)
     proj.in_features = cols.numel()
-    for attr, value in ((layout.heads, len(kept)), (layout.width, len(kept) * d)):
+    for attr, value in ((layout.heads, len(kept) * layout.group), (layout.width, len(kept) * d),
+                        (layout.kv_heads, len(kept))):
         if attr is not None:
             setattr(owner, attr, value)
+
+
+def _head_block(kept: list[int], d: int, width: int, parts: int, device) -> torch.Tensor:
+    """The indices of the heads ``kept`` (``d`` features each) in each of ``parts`` blocks of ``width`` features."""
+    one = torch.tensor([i * d + j for i in kept for j in range(d)], device=device)
+    return torch.cat([one + part * width for part in range(parts)])
 
 
 def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:

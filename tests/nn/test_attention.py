@@ -15,7 +15,7 @@ from pyro_sparse import compact, export, load_compact, save_compact, sparsify
 from pyro_sparse.errors import RunDirError
 from pyro_sparse.metrics import network_cost
 from pyro_sparse.nn import PrunedMultiheadAttention
-from pyro_sparse.nn.attention import HeadLatents
+from pyro_sparse.nn.attention import HeadLatents, _as_linear
 
 
 def _identity(o):
@@ -525,4 +525,50 @@ def test_hugging_face_transformers(arch, method, tmp_path):
             assert a.num_attention_heads == len(kept[name])
     save_compact(small, tmp_path / arch)
     again = load_compact(tmp_path / arch, factory=lambda: _hf_net(arch))
+    assert torch.allclose(again(x), small(x), atol=1e-6)
+
+
+def _llama(kv_heads: int) -> nn.Module:
+    """transformers' ``LlamaForCausalLM`` (hidden 32, 2 layers, 4 query heads of 8 features, ``kv_heads`` key/value
+    heads, rotary position embeddings, RMSNorm, SwiGLU MLP), random weights, eager attention; reads float token
+    embeddings ``[B, T, 32]`` and classifies by the last token's logits over its 5-word vocabulary."""
+    tf = pytest.importorskip("transformers")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.hf = tf.LlamaForCausalLM(tf.LlamaConfig(
+                vocab_size=5, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=kv_heads, max_position_embeddings=16, attn_implementation="eager"))
+
+        def forward(self, x):
+            return self.hf(inputs_embeds=x).logits[:, -1]
+
+    return Net()
+
+
+@pytest.mark.parametrize("method", ["svd", "sbp", "bb", "dbb"])
+def test_llama_grouped_query_attention(method, tmp_path):
+    """A Llama decoder with grouped-query attention (4 query heads sharing 2 key/value heads; issue 28): one unit per
+    key/value head with its two query heads (a query head alone cannot go: the heads left must share their key/value
+    heads evenly); ``compact`` removes whole groups from ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``, exact, and
+    reloads. Before, ``sparsify`` never returned: Torch-Pruning's tracer followed the rotary embeddings' reshapes
+    without end (8 CPU minutes and counting)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 8, 32), torch.randint(0, 5, (6,))
+    model, small = _forced_compact(_llama(2), method, x, y, seed=1)
+    layers = small.hf.model.layers
+    if method != "svd":
+        heads = [k for k, p in model.placements.items() if p[0].where == "heads"]
+        assert len(heads) == 2 and all(model.units[k].num_units == 2 for k in heads)
+        kept = small.pyro_sparse_compact["heads"]
+        assert 2 <= sum(len(h) for h in kept.values()) < 4
+        for i, layer in enumerate(layers):
+            a, groups = layer.self_attn, len(kept[f"hf.model.layers.{i}.self_attn"])
+            width = {n: _as_linear(getattr(a, n)).out_features for n in ("q_proj", "k_proj", "v_proj")}
+            assert width == {"q_proj": 16 * groups, "k_proj": 8 * groups, "v_proj": 8 * groups}
+            assert _as_linear(a.o_proj).in_features == 16 * groups and a.num_key_value_groups == 2
+    save_compact(small, tmp_path / "llama")
+    again = load_compact(tmp_path / "llama", factory=lambda: _llama(2))
     assert torch.allclose(again(x), small(x), atol=1e-6)
