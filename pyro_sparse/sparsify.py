@@ -313,47 +313,43 @@ def customized_pruners_of(pruners) -> dict:
     return dict(pruners)
 
 
-#: How many dependency steps Torch-Pruning's tracer may take to close one channel group, per node of the dependency
-#: graph. The largest group of torchvision's zoo and of transformers' ViT and BERT takes 2.2 steps per node (a ViT's
-#: residual stream; DenseNet-121's 1.2); past 20 the tracer has run away — index mappings through reshapes and
-#: permutations that never close, as the rotary position embeddings of a Llama-style decoder, where it grows one group
-#: by thousands of items a second — and the group is left whole. Small graphs get at least ``TRACER_MIN_STEPS``.
-TRACER_STEPS_PER_NODE = 20
-TRACER_MIN_STEPS = 1000
+#: How often Torch-Pruning's tracer may follow one dependency of the graph while it closes one channel group. On
+#: torchvision's ResNet-50, DenseNet-121, MobileNet-v2, EfficientNet-b0, ConvNeXt-tiny and ViT and on transformers'
+#: ViT and BERT it follows each at most twice (a ViT's attention); a group that needs more than 16 has run away —
+#: index mappings through reshapes and permutations that never close, as a Llama decoder's rotary position embeddings,
+#: where the tracer grows one group by thousands of items a second without end — and is left whole.
+TRACER_VISITS_PER_DEPENDENCY = 16
 
 
 class _TracerRanAway(Exception):
     pass
 
 
-def _step_budget(dg) -> int:
-    return max(TRACER_MIN_STEPS, TRACER_STEPS_PER_NODE * len(dg.module2node))
-
-
 def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]) -> list[tuple[str, object | None]]:
     """``[(root_name, group)]``: every coupled channel group rooted at a conv/linear output, as Torch-Pruning's
-    ``get_all_groups`` finds them, but within a bound: the tracer may take at most :data:`TRACER_STEPS_PER_NODE`
-    steps per node of ``dg`` (at least ``TRACER_MIN_STEPS``) for one group; a group it does not close within them is
+    ``get_all_groups`` finds them, but within a bound: while it closes one group, the tracer may follow each
+    dependency of ``dg`` at most :data:`TRACER_VISITS_PER_DEPENDENCY` times; a group it does not close within that is
     ``None`` (left whole: :func:`sparsify` reports it, ``compact`` leaves it). Groups of the output layers, and those
     rooted at an attention's head projections (they go a whole head at a time), are not traced."""
     names = {m: n for n, m in net.named_modules()}
     heads = {m.get_submodule(path) for m in net.modules() if (layout := head_layout(m)) is not None
              for path, _ in layout.rows}
     ignored = set(output_layers) | set(dg.IGNORED_LAYERS_IN_TRACING)
-    budget, steps = _step_budget(dg), 0
+    visits: dict[int, int] = {}  # dependency → times followed, for the group being closed
 
-    def counted(test):
+    def counted(dep):
+        test = dep.is_triggered_by
+
         def step(handler):
-            nonlocal steps
-            steps += 1
-            if steps > budget:
+            visits[id(dep)] = visits.get(id(dep), 0) + 1
+            if visits[id(dep)] > TRACER_VISITS_PER_DEPENDENCY:
                 raise _TracerRanAway
             return test(handler)
         return step
 
     deps = [d for node in dg.module2node.values() for d in node.dependencies]
     for d in deps:  # instance attributes on this graph's own objects, removed below
-        d.is_triggered_by = counted(d.is_triggered_by)
+        d.is_triggered_by = counted(d)
     found, visited = [], set()
     try:
         for m in list(dg.module2node):
@@ -362,7 +358,7 @@ def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]) -> list[t
             pruner = dg.get_pruner_of_module(m)
             if pruner is None or pruner.get_out_channels(m) is None:
                 continue
-            steps = 0
+            visits.clear()
             try:
                 group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
             except _TracerRanAway:
@@ -378,11 +374,11 @@ def channel_groups(net: nn.Module, dg, output_layers: list[nn.Module]) -> list[t
     return found
 
 
-def ran_away(root: str, dg) -> str:
+def ran_away(root: str) -> str:
     """The reason a channel group the tracer did not close (see :func:`channel_groups`) is left whole."""
-    return (f"channel group of {root!r}: the dependency tracer (torch-pruning) did not close it within "
-            f"{_step_budget(dg)} steps ({TRACER_STEPS_PER_NODE} per node of the graph): it follows reshapes or "
-            "permutations it cannot map (e.g. rotary position embeddings)")
+    return (f"channel group of {root!r}: the dependency tracer (torch-pruning) did not close it (it followed one "
+            f"dependency more than {TRACER_VISITS_PER_DEPENDENCY} times: reshapes or permutations it cannot map, e.g. "
+            "rotary position embeddings)")
 
 
 class SparseModel(Classifier):
@@ -867,8 +863,8 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
     for root, group in channel_groups(net, dg, outputs):
         if group is None:
             if strict:
-                raise UnsupportedModelError(f"{ran_away(root, dg)}; exclude {root!r} (exclude=[{root!r}])")
-            model.skipped.append({"group": root, "reason": ran_away(root, dg)})
+                raise UnsupportedModelError(f"{ran_away(root)}; exclude {root!r} (exclude=[{root!r}])")
+            model.skipped.append({"group": root, "reason": ran_away(root)})
             continue
         k = len(group.items[0].idxs)
         info = ChannelGroup(root)

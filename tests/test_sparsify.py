@@ -785,26 +785,26 @@ def test_customized_pruners_bad_input_is_one_line():
 @pytest.mark.parametrize("method", ["sbp", "bb"])
 def test_a_channel_group_the_tracer_does_not_close_is_left_whole_and_reported(method, monkeypatch):
     """The dependency tracer runs within a bound (issue 28, item 3): a channel group it does not close within
-    ``TRACER_STEPS_PER_NODE`` steps per graph node (here: none may take a step) is left dense and reported, ``compact``
-    leaves it whole and stays exact, ``strict=True`` refuses in one line. Before, ``sparsify`` followed a runaway group
-    without end (a Llama decoder's rotary embeddings: 8 CPU minutes and counting)."""
+    ``TRACER_VISITS_PER_DEPENDENCY`` visits of one dependency (here: none may be followed) is left dense and reported,
+    ``compact`` leaves it whole and stays exact, ``strict=True`` refuses in one line. Before, ``sparsify`` followed a
+    runaway group without end (a Llama decoder's rotary embeddings: 8 CPU minutes and counting)."""
     sp = sys.modules["pyro_sparse.sparsify"]  # (the package exports the function under the module's name)
-    monkeypatch.setattr(sp, "TRACER_STEPS_PER_NODE", 0)
-    monkeypatch.setattr(sp, "TRACER_MIN_STEPS", 0)
+    monkeypatch.setattr(sp, "TRACER_VISITS_PER_DEPENDENCY", 0)
     torch.manual_seed(0)
     x, y = _images("custom", 12)
     with pyro.settings.context(module_local_params=True):
         with pytest.warns(UserWarning, match="left dense"):
             model = sparsify(Custom(), method, x[:2], num_data=50)
         reasons = {s["group"]: s["reason"] for s in model.skipped}
-        assert {"stem", "branch"} <= set(reasons) and "did not close it within 0 steps" in reasons["stem"]
+        assert {"stem", "branch"} <= set(reasons) and "more than 0 times" in reasons["stem"]
         assert all(p.where == "in" for ps in model.placements.values() for p in ps)  # only the head's inputs
         guide = MeanFieldGuide(model)
         _train(model, guide, x, y)
         force_prune(guide)
         small = compact(model, guide, probe=x)
         with pytest.raises(UnsupportedModelError, match=r"^channel group of '\w+': the dependency tracer .* did not "
-                                                          r"close it within 0 steps .*exclude") as e:
+                                                          r"close it \(it followed one dependency more than 0 "
+                                                          r"times.*exclude") as e:
             sparsify(Custom(), method, x[:2], num_data=50, strict=True)
     assert "\n" not in str(e.value)
     assert small.stem.out_channels == 16 and small.mix.out_channels == 32  # whole
