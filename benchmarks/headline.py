@@ -30,8 +30,8 @@ ROWS: dict[tuple[str, str], tuple[list[str], float, float, str]] = {
                          1.32, 13.26, "flops"),
     ("lenet500", "dbb"): (["lenet500_dbb_lr001_linear_pb", *(f"lenet500_dbb_lr001_linear_s{s}_pb" for s in (3, 4))],
                           1.40, 33.51, "flops"),
-    ("lenet5", "svd"): ([], 0.75, 280.0, "compression"),
-    ("lenet5", "bb"): ([], 0.57, 2.94, "flops"),
+    ("lenet5", "svd"): (["lenet5_svd_pb"], 0.75, 280.0, "compression"),
+    ("lenet5", "bb"): (["lenet5_bb_pb"], 0.57, 2.94, "flops"),
     ("lenet5", "dbb"): ([], 0.63, 2.95, "flops"),
 }
 NAMES = {"lenet500": "LeNet-500-300", "lenet5": "LeNet-5-Caffe"}
@@ -57,6 +57,7 @@ def table() -> str:
         metrics = [json.loads((MODELS / f / "metrics.json").read_text()) for f in present]
         command = json.loads((MODELS / present[0] / "config.json").read_text())["command"]
         for a, b in (("/work/runs/gpuburst/", "runs/"), ("/work/runs/", "runs/"), ("/tmp/runs/", "runs/"),
+                     ("/tmp/burst_runs/", "runs/"), ("/tmp/burst_data", "../shared/data"),
                      ("/work/main/.gpuburst/init/", "runs/"), ("/work/shared/data", "../shared/data"),
                      ("/tmp/data", "../shared/data")):  # the run directories of the sessions that made them
             command = command.replace(a, b)
