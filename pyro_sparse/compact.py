@@ -209,7 +209,9 @@ def _fold_units(model: SparseModel, guide, net: nn.Module, unit_threshold):
             if p.where == "heads":  # at least one (zeroed) head, so that the layer keeps a valid shape
                 kept_heads[p.module] = keep.nonzero().flatten().tolist() or [0]
         if key in group_of:
-            prune_root[group_of[key].root] = set((~keep).nonzero().flatten().tolist())
+            tie = group_of[key].tie  # (a group entering a grouped conv: one latent per position in its conv groups)
+            prune_root[group_of[key].root] = set((~keep).nonzero().flatten().tolist()) if tie is None else {
+                r for r, j in enumerate(tie) if not keep[j]}
         if is_dynamic:
             dynamic[key] = (unit, post, places[0])
     return prune_root, dynamic, kept_units, kept_heads
@@ -250,7 +252,8 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
         k = len(group.items[0].idxs)
         if any((it.dep.target.module, layers.is_out(it.dep.handler, dg)) in heads for it in group.items):
             continue  # a qkv attention's heads: they go a whole head at a time (_prune_heads)
-        if _group_places(group, root, k, names, dg)[1] is not None:  # not removable exactly: the group stays whole
+        problem, tie = _group_places(group, root, k, names, dg)[1:]
+        if problem is not None:  # not removable exactly: the group stays whole
             prune_root[root] = set()  # (a dense layer reading it still drops unread inputs, through a Select)
             continue
         readers = [it for it in group.items if not layers.is_out(it.dep.handler, dg) and it.dep.target.module in names
@@ -269,8 +272,12 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
             if layers.is_out(it.dep.handler, dg) and layers.is_grouped(it.dep.target.module):
                 dead = layers.equal_per_group(it.dep.target.module, list(map(int, it.idxs)), dead,
                                               dict(zip(map(int, it.idxs), map(int, it.root_idxs), strict=True)))
-        if len(dead) >= k:  # keep one (zeroed) channel so that every layer keeps a valid shape
-            dead.discard(min(dead))
+        tied = [[r for r in range(k) if tie[r] == j] for j in sorted(set(tie))] if tie is not None else [[r] for r in
+                                                                                                       range(k)]
+        # (entering a grouped convolution: a position goes in every conv group or in none)
+        dead = {r for members in tied if all(m in dead for m in members) for r in members}
+        if len(dead) >= k:  # keep one (zeroed) channel, or position, so that every layer keeps a valid shape
+            dead -= set(next(members for members in tied if min(dead) in members))
         prune_root[root] = dead
     alive: dict[tuple[str, str], list[int]] = {}
     for root in list(prune_root):

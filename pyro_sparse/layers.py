@@ -76,7 +76,7 @@ def fold(m: nn.Module, where: str, factor: torch.Tensor, index=None, root_index=
 def is_grouped(m: nn.Module) -> bool:
     """Whether ``m`` is a grouped convolution that is not depthwise (``1 < groups != in_channels``, e.g. RegNet's,
     ResNeXt's): its output channels can go only in equal counts per group (:func:`equal_per_group`), its input
-    channels not one at a time (each group reads its own block through one weight slice)."""
+    channels only at the same positions in every group (:func:`entering_positions`)."""
     groups = getattr(m, "groups", 1)
     return isinstance(m, WEIGHT_LAYERS) and groups > 1 and groups != getattr(m, "in_channels", groups)
 
@@ -94,13 +94,22 @@ def equal_per_group(m: nn.Module, channels: list[int], dead: set[int], root: dic
     return dead - revived
 
 
+def entering_positions(m: nn.Module, channels: list[int]) -> list[int]:
+    """The position of each input channel ``channels[i]`` of the grouped convolution ``m`` (:func:`is_grouped`)
+    inside its group (``c mod in_channels / groups``): Torch-Pruning removes a grouped convolution's input channels at
+    the same positions in every group (one weight slice serves them all), so the channels of one position go
+    together."""
+    per = m.in_channels // m.groups
+    return [c % per for c in channels]
+
+
 def zero_columns(m: nn.Module, idxs: list[int]) -> bool:
     """Whether every weight column of input channels ``idxs`` of ``m`` is zero (unknown layouts: False)."""
     w = m.weight
     if isinstance(m, nn.Linear) or getattr(m, "groups", 1) == 1:
         return not bool(w[:, idxs].ne(0).any())
-    if m.groups == m.in_channels:  # depthwise: input channel c is filter group c
-        per = w.shape[0] // m.groups
-        rows = [c * per + j for c in idxs for j in range(per)]
-        return not bool(w[rows].ne(0).any())
-    return False
+    if getattr(m, "transposed", False):
+        return False
+    per_in, per_out = m.in_channels // m.groups, w.shape[0] // m.groups  # (depthwise: per_in = 1)
+    # input channel c is column c mod per_in of the filters of its group, c div per_in
+    return not any(bool(w[c // per_in * per_out:(c // per_in + 1) * per_out, c % per_in].ne(0).any()) for c in idxs)

@@ -63,7 +63,7 @@ from pyro_sparse.model import Classifier
 
 from .distributions import LogUniform, normal_log_alpha
 from .errors import InvalidInputError, UnsupportedModelError, one_line
-from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, is_grouped, is_out
+from .layers import NORM_LAYERS, PRODUCER_LAYERS, WEIGHT_LAYERS, channels, entering_positions, is_grouped, is_out
 from .nn import BBGate, DBBGate, SBPNoise, UnitModule
 from .nn.attention import (
     HeadLatents,
@@ -222,6 +222,9 @@ class ChannelGroup:
 
     root: str
     unit: str | None = None
+    #: for a group entering a grouped convolution: ``tie[r]``, the latent of root channel ``r`` (its position inside
+    #: its conv group; the channels of one position go together); ``None``: channel ``r`` has latent ``r``
+    tie: list[int] | None = None
 
 
 def _output_layers(net: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
@@ -791,25 +794,47 @@ def _attention_projections(net: nn.Module, chosen: dict) -> dict[str, str]:
     return {name: inside[name] for name in chosen if name in inside}
 
 
-def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Placement], str | None]:
+def group_tie(group, root: str, k: int, names: dict, dg) -> tuple[list[int] | None, str | None]:
+    """How the ``k`` channels of a channel group that enters a grouped convolution (``layers.is_grouped``) go
+    together: ``(tie, None)`` with ``tie[r]`` the position of root channel ``r`` inside its conv group
+    (``layers.entering_positions``: one latent per position); ``(None, None)`` for a group that enters none;
+    ``(None, reason)`` for one that cannot be pruned exactly (it meets more than one grouped convolution, or only part
+    of it enters one). A group produced by a grouped convolution needs no tie: its groups lose equal counts
+    (``layers.equal_per_group``, in ``compact``)."""
+    grouped = [(it, is_out(it.dep.handler, dg)) for it in group.items
+               if it.dep.target.module in names and is_grouped(it.dep.target.module)]
+    entering = [it for it, out in grouped if not out]
+    if not entering and len(grouped) <= 1:
+        return None, None
+    it = (entering or [grouped[1][0]])[0]
+    m = it.dep.target.module
+    roots = list(map(int, it.root_idxs))
+    if len(grouped) > 1 or sorted(roots) != list(range(k)) or len(roots) != m.in_channels:
+        return None, (f"channel group of {root!r}: its channels enter the grouped convolution {names[m]!r} "
+                      f"(groups={m.groups}) {'beside another grouped convolution' if len(grouped) > 1 else 'in part'}"
+                      f", whose input channels go only at the same positions in every group; exclude {root!r} "
+                      f"(exclude=[{root!r}])")
+    tie = [0] * k
+    for r, j in zip(roots, entering_positions(m, list(map(int, it.idxs))), strict=True):
+        tie[r] = j
+    return tie, None
+
+
+def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Placement], str | None, list | None]:
     """Where a channel group's unit latent multiplies (after each normalisation layer of the group, else after the
-    producing layer), or ``([], reason)`` when a layer of the group cannot be pruned exactly."""
+    producing layer), or ``([], reason, None)`` when a layer of the group cannot be pruned exactly; the third item is
+    the group's :func:`group_tie` (``None``: one latent per channel)."""
     norms = {it.dep.target.module for it in group.items
              if is_out(it.dep.handler, dg) and isinstance(it.dep.target.module, NORM_LAYERS)}
-    grouped = [(it.dep.target.module, is_out(it.dep.handler, dg)) for it in group.items
-               if it.dep.target.module in names and is_grouped(it.dep.target.module)]
-    entering = [m for m, out in grouped if not out]
-    if entering or len(grouped) > 1:  # (one grouped conv producing them: equal counts per group, in compact)
-        m = (entering or [grouped[1][0]])[0]
-        return [], (f"channel group of {root!r}: its channels enter the grouped convolution {names[m]!r} "
-                    f"(groups={m.groups}), whose input channels cannot go one at a time; exclude {root!r} "
-                    f"(exclude=[{root!r}])")
+    tie, problem = group_tie(group, root, k, names, dg)
+    if problem is not None:
+        return [], problem, None
     foreign = _foreign_layer(group, names)
     if foreign is not None:
         return [], (f"channel group of {root!r}: its channels pass through {names[foreign]!r} "
                     f"({type(foreign).__name__}), a layer of yours with its own parameters that Torch-Pruning does not "
                     f"know; pass sparsify(..., customized_pruners={{{type(foreign).__name__}: pruner}}) or exclude "
-                    f"{root!r} (exclude=[{root!r}])")
+                    f"{root!r} (exclude=[{root!r}])"), None
     places = []
     for it in group.items:
         m = it.dep.target.module
@@ -818,22 +843,24 @@ def _group_places(group, root: str, k: int, names: dict, dg) -> tuple[list[Place
         if isinstance(m, NORM_LAYERS):
             if not m.affine:
                 return [], (f"channel group of {root!r}: {names[m]!r} is a {type(m).__name__} without affine "
-                            f"parameters, into which the unit multipliers cannot be folded; exclude {root!r}")
+                            f"parameters, into which the unit multipliers cannot be folded; exclude {root!r}"), None
         elif isinstance(m, WEIGHT_LAYERS):
             followers = {n.module for n in dg.module2node[m].outputs}
             if followers & norms:
                 continue  # the multiplier acts after its normalisation layer
         elif list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)):
             return [], (f"channel group of {root!r}: its channels pass through {names[m]!r} ({type(m).__name__}), "
-                        f"which pyro-sparse cannot prune exactly; exclude {root!r} (exclude=[{root!r}])")
+                        f"which pyro-sparse cannot prune exactly; exclude {root!r} (exclude=[{root!r}])"), None
         else:
             continue
         idx, ridx = list(map(int, it.idxs)), list(map(int, it.root_idxs))
+        if tie is not None:
+            ridx = [tie[r] for r in ridx]
         size = channels(m, "out", dg)
-        identity = size == k and idx == list(range(k)) and ridx == list(range(k))
+        identity = tie is None and size == k and idx == list(range(k)) and ridx == list(range(k))
         places.append(Placement(names[m], "out", None if identity else torch.tensor(idx),
                                 None if identity else torch.tensor(ridx)))
-    return places, None
+    return places, None, tie
 
 
 def _foreign_layer(group, names: dict) -> nn.Module | None:
@@ -873,7 +900,7 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
                      and isinstance(it.dep.target.module, PRODUCER_LAYERS)]
         if not producers or not all(names[it.dep.target.module] in chosen for it in producers):
             continue
-        places, problem = _group_places(group, root, k, names, dg)
+        places, problem, tie = _group_places(group, root, k, names, dg)
         if problem is not None:
             if strict:
                 raise UnsupportedModelError(problem)
@@ -882,9 +909,9 @@ def _place_units(model: SparseModel, net: nn.Module, spec: Method, chosen: dict,
         # named after the producer that runs first (the stem of a residual stream, not its last block)
         first_producer = min((names[it.dep.target.module] for it in producers), key=lambda n: order.get(n, math.inf))
         key = f"{key_of(first_producer)}_units"
-        info.unit = key
+        info.unit, info.tie = key, tie
         first = min(order.get(p.module, math.inf) for p in places)
-        units.append((first, key, k, places))
+        units.append((first, key, k if tie is None else max(tie) + 1, places))
     taken = {u[1] for u in units}
     for name, m in chosen.items():
         if isinstance(m, nn.Linear):

@@ -24,7 +24,6 @@ from torch import nn
 from pyro_sparse import compact, load_compact, save_compact, sparsify
 from pyro_sparse.errors import InvalidInputError, UnsupportedModelError
 from pyro_sparse.infer import SparseELBO
-from pyro_sparse.layers import is_grouped
 from pyro_sparse.metrics import network_cost, summarize
 
 METHODS = ("svd", "sbp", "bb", "dbb")
@@ -572,11 +571,13 @@ class GroupedBlock(nn.Module):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_grouped_convolutions_lose_equal_counts_per_group(method, tmp_path):
-    """A grouped convolution's output channels are units and go in equal counts per group (issue 28, item 3: pruned
-    channels of the groups that lose more are revived — their multiplier, 0, already folded in — so the layer stays
-    valid and compact exact); the channel group entering it stays dense and is reported; compact reloads. Before:
-    both groups stayed whole (and earlier, an index error in compact, RegNet-x-400mf)."""
+def test_grouped_convolutions_prune_per_group(method, tmp_path):
+    """Grouped convolutions (issue 28, item 3): the channels a grouped convolution produces are units and go in equal
+    counts per group (pruned channels of the groups that lose more are revived — their multiplier, 0, is already
+    folded in); the channels entering it get one latent per position inside a group, shared by the groups
+    (Torch-Pruning removes a grouped conv's inputs at the same positions in every group). The layer stays valid,
+    compact exact, and it reloads. Before: both groups stayed whole (and earlier, an index error in compact,
+    RegNet-x-400mf)."""
     torch.manual_seed(0)
     x, y = _images("custom", 12)
     with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
@@ -586,16 +587,17 @@ def test_grouped_convolutions_lose_equal_counts_per_group(method, tmp_path):
         _train(model, guide, x, y)
         force_prune(guide)
         small = compact(model, guide, probe=x)
+        model.eval()
+        with torch.no_grad():
+            assert torch.allclose(small(x), model(x), atol=1e-5)
     if method != "svd":
-        reasons = {s["group"]: s["reason"] for s in model.skipped}
-        assert set(reasons) == {"stem"} and "enter the grouped convolution 'grouped' (groups=4)" in reasons["stem"]
-        assert any(p.module in ("grouped", "bn1") for ps in model.placements.values() for p in ps)
+        assert not model.skipped
+        tied = next(g for g in model.groups if g.root == "stem")
+        assert tied.tie == [c % 4 for c in range(16)] and model.units[tied.unit].num_units == 4  # 4 positions
         assert small.point.out_channels < 24  # the group after the pointwise conv is pruned too
-    assert small.grouped.in_channels == 16 and small.grouped.groups == 4  # its inputs whole
-    assert small.grouped.out_channels < 32 and small.grouped.out_channels % 4 == 0  # equal counts per group
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(small(x), model(x), atol=1e-5)
+    g = small.grouped
+    assert g.groups == 4 and g.in_channels % 4 == 0 and g.out_channels % 4 == 0
+    assert g.out_channels < 32 and (method == "svd" or g.in_channels < 16)  # SVD: the stem's filters stay alive
     save_compact(small, tmp_path / "g")
     assert torch.allclose(load_compact(tmp_path / "g", factory=GroupedBlock)(x), small(x), atol=1e-6)
 
@@ -616,8 +618,8 @@ MODERN = {  # torchvision's modern families, the same classes at sizes a test ca
 def test_modern_zoo(arch, method, tmp_path):
     """ConvNeXt (LayerNorm over channels-last maps, depthwise 7×7, Linear on [B, H, W, C]), ResNeXt and RegNet
     (grouped convolutions): forced pruning, compact equals the eval-mode model, fewer (non-zero) parameters, reload
-    exact; the
-    unit methods leave the LayerNorm-normalised and grouped-conv groups dense, reported, and prune the others."""
+    exact; the unit methods leave ConvNeXt's LayerNorm-normalised groups dense, reported, and prune the others;
+    grouped convolutions lose channels on both sides, equally many per group."""
     torch.manual_seed(0)
     x, y = _images("custom", 8)
     net = MODERN[arch]()
@@ -633,14 +635,15 @@ def test_modern_zoo(arch, method, tmp_path):
         assert torch.allclose(small(x), model(x), atol=1e-5)
     stored = sum(int(p.count_nonzero()) if method == "svd" else p.numel() for p in small.parameters())
     assert stored < 0.9 * sum(p.numel() for p in net.parameters())  # SVD: non-zero weights; units: parameters
-    if method != "svd":
-        assert model.skipped and model.units  # some groups stay whole, the others get units
-        reasons = " ".join(s["reason"] for s in model.skipped)
-        assert ("LayerNorm" in reasons) if arch == "convnext" else ("grouped convolution" in reasons)
-    if arch != "convnext":  # grouped convolutions lose output channels, equally many per group
-        grouped = [m for m in small.modules() if is_grouped(m)]
-        assert sum(m.out_channels for m in grouped) < sum(m.out_channels for m in net.modules() if is_grouped(m))
-        assert all(m.out_channels % m.groups == 0 for m in grouped)
+    if method != "svd" and arch == "convnext":  # the LayerNorm-normalised groups stay whole, the others get units
+        assert model.skipped and model.units and "LayerNorm" in " ".join(s["reason"] for s in model.skipped)
+    if arch != "convnext":  # grouped convolutions lose channels on both sides, equally many per group
+        assert not model.skipped
+        before = [(m.in_channels, m.out_channels) for m in net.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        after = [m for m in small.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert all(m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0 for m in after)
+        assert sum(m.out_channels for m in after) < sum(o for _, o in before)
+        assert method == "svd" or sum(m.in_channels for m in after) < sum(i for i, _ in before)
     save_compact(small, tmp_path / arch)
     assert torch.equal(load_compact(tmp_path / arch, factory=MODERN[arch])(x), small(x))
 
