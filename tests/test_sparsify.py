@@ -648,6 +648,29 @@ def test_modern_zoo(arch, method, tmp_path):
     assert torch.equal(load_compact(tmp_path / arch, factory=MODERN[arch])(x), small(x))
 
 
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "resnext50_32x4d"])
+def test_torchvision_grouped_conv_constructors_as_they_come(name):
+    """The named torchvision models with grouped convolutions themselves (random weights, 32×32 inputs; issue 28,
+    item 4; ConvNeXt-tiny's class is in test_modern_zoo), BB: one step, forced pruning, compact equals the eval-mode
+    model with fewer FLOPs, no channel group left dense."""
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)(num_classes=10)
+    x, y = _images("custom", 8)
+    with pyro.settings.context(module_local_params=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparsify(net, "bb", x[:2], num_data=50)
+        guide = MeanFieldGuide(model)
+        _train(model, guide, x, y, steps=1)
+        force_prune(guide)
+        small = compact(model, guide, probe=x)
+        model.eval()
+        with torch.no_grad():
+            expected = model(x)
+    assert torch.allclose(small(x), expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
+    assert network_cost(small, x[:2])["flops"] < 0.5 * network_cost(net.eval(), x[:2])["flops"]
+    assert not model.skipped
+
+
 def test_the_threshold_option_sets_every_methods_keep_rule():
     """``sparsify(..., threshold=t)`` is the keep rule's threshold for weight methods too (SVD's log α; it was refused
     before the latent weights were attached)."""
