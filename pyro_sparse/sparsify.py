@@ -806,14 +806,17 @@ def group_tie(group, root: str, k: int, names: dict, dg) -> tuple[list[int] | No
     entering = [it for it, out in grouped if not out]
     if not entering and len(grouped) <= 1:
         return None, None
-    it = (entering or [grouped[1][0]])[0]
+    if len(grouped) > 1:
+        both = " and ".join(repr(names[it.dep.target.module]) for it, _ in grouped[:2])
+        return None, (f"channel group of {root!r}: its channels meet two grouped convolutions ({both}), whose "
+                      f"groups would each constrain them; exclude {root!r} (exclude=[{root!r}])")
+    it = entering[0]
     m = it.dep.target.module
     roots = list(map(int, it.root_idxs))
-    if len(grouped) > 1 or sorted(roots) != list(range(k)) or len(roots) != m.in_channels:
-        return None, (f"channel group of {root!r}: its channels enter the grouped convolution {names[m]!r} "
-                      f"(groups={m.groups}) {'beside another grouped convolution' if len(grouped) > 1 else 'in part'}"
-                      f", whose input channels go only at the same positions in every group; exclude {root!r} "
-                      f"(exclude=[{root!r}])")
+    if sorted(roots) != list(range(k)) or len(roots) != m.in_channels:
+        return None, (f"channel group of {root!r}: only part of its channels enter the grouped convolution "
+                      f"{names[m]!r} (groups={m.groups}), whose input channels go only at the same positions in "
+                      f"every group; exclude {root!r} (exclude=[{root!r}])")
     tie = [0] * k
     for r, j in zip(roots, entering_positions(m, list(map(int, it.idxs))), strict=True):
         tie[r] = j

@@ -602,6 +602,22 @@ def test_grouped_convolutions_prune_per_group(method, tmp_path):
     assert torch.allclose(load_compact(tmp_path / "g", factory=GroupedBlock)(x), small(x), atol=1e-6)
 
 
+def test_a_group_between_two_grouped_convolutions_stays_dense_and_is_reported():
+    """Channels produced by one grouped convolution and entering another would be constrained by both groupings:
+    left dense, reported with both names (``strict=True``: refused in one line)."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3, groups=4), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(32, 10))
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="left dense"):
+        model = sparsify(net, "bb", x)
+    reasons = {s["group"]: s["reason"] for s in model.skipped}
+    assert set(reasons) == {"2"} and "meet two grouped convolutions ('2' and '4')" in reasons["2"]
+    assert next(g for g in model.groups if g.root == "0").tie == [c % 4 for c in range(16)]
+    with pytest.raises(UnsupportedModelError, match=r"^channel group of '2': .*exclude '2'"):
+        sparsify(net, "bb", x, strict=True)
+
+
 MODERN = {  # torchvision's modern families, the same classes at sizes a test can train (issue 28, item 4)
     "convnext": lambda: torchvision.models.convnext.ConvNeXt(
         [torchvision.models.convnext.CNBlockConfig(16, 32, 1), torchvision.models.convnext.CNBlockConfig(32, None, 1)],
