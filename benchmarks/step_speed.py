@@ -19,6 +19,11 @@ Prints and writes ``benchmarks/step_speed.json``: seconds per step of each; ``ra
 example (target ≤ 1.1); for SBP/BB/DBB also ``ratio_per_batch`` (both per minibatch) and ``ratio_vs_per_batch_plain``
 (pyro-sparse's default per-example estimator against the authors' per-minibatch one: what the lower variance costs).
 
+Both sides run with subnormal floats flushed to zero (``pyro_sparse.settings.flush_denormals``, as the engine trains
+by default): without it, relaxed-Bernoulli masks near 0 make subnormal activations within the warm-up, which the CPU
+computes on many times slower, unevenly between the two implementations (LeNet-500-300 BB, ours: 74 ms per step
+unflushed, 14 ms flushed, quiet machine, 2026-12-04), so the ratio would measure the subnormals, not the step.
+
 The C allocator is held steady first (glibc: fixed mmap and trim thresholds, as a long training process reaches them):
 with glibc's adaptive thresholds a cell's ratio depended on the cells run before it in the same process — LeNet-500-300
 SBP measured 0.95–1.00 on its own and 1.07–1.11 after the SVD cell, the difference being page faults of freshly
@@ -44,7 +49,7 @@ from torch import nn
 import pyro_sparse  # noqa: F401  (registers the KLs)
 from pyro_sparse.infer import SparseELBO
 from pyro_sparse.infer.train import Objective
-from pyro_sparse.settings import module_local_params
+from pyro_sparse.settings import flush_denormals, module_local_params
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 SHAPES = {"lenet500": (1, 28, 28), "lenet5": (1, 28, 28), "vgg_like": (3, 32, 32), "lenet300": (1, 28, 28)}
@@ -194,7 +199,7 @@ def measure(arch: str, method: str, steps: int, repeats: int) -> dict:
     batches = [(torch.rand(100, *shape, generator=g), torch.randint(0, 10, (100,), generator=g)) for _ in range(8)]
     torch.manual_seed(0)
     per_batch = method != "svd"
-    with module_local_params():
+    with module_local_params(), flush_denormals():  # both sides as the engine trains (subnormals flushed)
         steps_of = {"pyro_sparse": _ours_step(arch, method, shape, kwargs, batches[0][0][:2], "per-example"),
                     "plain": _plain_step(arch, method, shape, kwargs, per_batch=False)}
         if per_batch:
