@@ -272,12 +272,12 @@ def _prune_channels(net: nn.Module, dg, example: torch.Tensor, prune_root: dict[
             if layers.is_out(it.dep.handler, dg) and layers.is_grouped(it.dep.target.module):
                 dead = layers.equal_per_group(it.dep.target.module, list(map(int, it.idxs)), dead,
                                               dict(zip(map(int, it.idxs), map(int, it.root_idxs), strict=True)))
-        tied = [[r for r in range(k) if tie[r] == j] for j in sorted(set(tie))] if tie is not None else [[r] for r in
-                                                                                                       range(k)]
+        latent = tie if tie is not None else list(range(k))  # each root channel's latent
         # (entering a grouped convolution: a position goes in every conv group or in none)
-        dead = {r for members in tied if all(m in dead for m in members) for r in members}
+        alive_latents = {latent[r] for r in range(k) if r not in dead}
+        dead = {r for r in range(k) if latent[r] not in alive_latents}
         if len(dead) >= k:  # keep one (zeroed) channel, or position, so that every layer keeps a valid shape
-            dead -= set(next(members for members in tied if min(dead) in members))
+            dead = {r for r in dead if latent[r] != latent[min(dead)]}
         prune_root[root] = dead
     alive: dict[tuple[str, str], list[int]] = {}
     for root in list(prune_root):
