@@ -11,7 +11,8 @@ Steps (docs/design.md, contracts 1 and 7):
    removed from every layer of the group at once (convs, BatchNorm weights and running statistics, linears);
    Torch-Pruning does the surgery. Input features that a first dense layer no longer reads are dropped by a
    :class:`~pyro_sparse.nn.Select` in front of it (``fc1`` becomes ``Sequential(Select, Linear)``), so the compact
-   network still takes full inputs.
+   network still takes full inputs; a scalar input standardisation right before it is left to the ``Select``, which
+   standardises only the features it keeps (:func:`defer_standardize`; the same values).
 4. **DBB**: the input-dependent gates stay, as :class:`~pyro_sparse.nn.DynamicGate` modules next to the layer they
    act on (``Sequential(layer, gate)``), restricted to the kept units.
 5. **Check**: the compact network must equal the model in ``.eval()`` mode on a probe batch; otherwise
@@ -62,6 +63,7 @@ from .nn.attention import (
     is_qkv_attention,
     prune_qkv_heads,
 )
+from .nn.units import Standardize
 from .settings import ieee_fp32
 from .sparsify import (
     SparseModel,
@@ -145,6 +147,7 @@ def compact(model: SparseModel, guide=None, *, weight_threshold: float | None = 
     selects = _select_inputs(net, grouped_inputs, alive)
     _prune_heads(net, kept_heads, gated={p.module for _, _, p in dynamic.values() if p.where == "heads"})
     gates = _attach_gates(net, dynamic, alive, selects, unit_threshold, example.device, kept_heads)
+    defer_standardize(net)
     net.eval()
     info = {
         "format": COMPACT_FORMAT, "method": model.method, "input_shape": list(model.input_shape),
@@ -331,6 +334,26 @@ def _select_inputs(net: nn.Module, grouped_inputs: set[str], alive: dict) -> dic
         selects[name] = int(idx.numel())
         _wrap(net, name, lambda layer, idx=idx: nn.Sequential(Select(idx), layer))
     return selects
+
+
+def defer_standardize(net: nn.Module) -> None:
+    """Where a compact network standardises its whole input with scalar mean and std (:class:`~pyro_sparse.nn.units.
+    Standardize`, the zoo's MLPs) and its next layer reads only some features through a ``Select`` (``Flatten`` may
+    sit between them), the ``Select`` standardises the features it keeps instead (:meth:`Standardize.defer_to`; the
+    same values). Set from the structure alone, by :func:`compact` and again by :func:`load_compact`."""
+    for parent in net.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        kids = list(parent.children())
+        for i, m in enumerate(kids):
+            if not isinstance(m, Standardize) or m.mean.dim() or m.std.dim():
+                continue
+            j = i + 1
+            while j < len(kids) and isinstance(kids[j], nn.Flatten):
+                j += 1
+            nxt = kids[j] if j < len(kids) else None
+            if isinstance(nxt, nn.Sequential) and len(nxt) and isinstance(nxt[0], Select):
+                m.defer_to(nxt[0])
 
 
 def _attach_gates(net: nn.Module, dynamic: dict, alive: dict, selects: dict, unit_threshold,
@@ -691,3 +714,4 @@ def _replay(base: nn.Module, info: dict, customized_pruners: dict | None) -> Non
             _wrap(base, name, lambda s, gate=gate: nn.Sequential(s[0], gate, s[1]))
         else:
             _wrap(base, name, lambda layer, gate=gate: nn.Sequential(gate, layer))
+    defer_standardize(base)
