@@ -2,7 +2,8 @@
 (issue 29, item 5).
 
     python benchmarks/latency.py DIR [DIR ...] [--engines eager eager+csr compile onnxruntime] [--batches 1 32 1000]
-                                 [--threads 1] [--repeats 50] [--processes 3] [--out benchmarks/latency_engines]
+                                 [--threads 1] [--repeats 50] [--processes 3] [--csr-max-density 0.05]
+                                 [--out benchmarks/latency_engines]
 
 DIR is a finished run directory or a folder written by ``save_compact`` (anything with ``compact.json``). For each
 DIR, the compact network (``load_compact``) is timed against the full network of the same architecture (the unpruned
@@ -10,8 +11,9 @@ base network rebuilt from ``compact.json``: same layers, nothing removed; the we
 time):
 
 - ``eager``: ``torch.inference_mode()``;
-- ``eager+csr``: the same, with the compact network's ``nn.Linear`` layers of ≤ 5% non-zero weights run as
-  ``SparseLinear`` (``pyro_sparse.sparse_kernels``; the same network as ``eager`` where no layer is that sparse);
+- ``eager+csr``: the same, with the compact network's ``nn.Linear`` layers of at most ``--csr-max-density``
+  (default 0.05) of their weights non-zero run as ``SparseLinear`` (``pyro_sparse.sparse_kernels``; the same network
+  as ``eager`` where no layer is that sparse);
 - ``compile``: ``torch.compile`` (inductor, default mode; compiled once per batch size during warm-up);
 - ``onnxruntime``: both networks written by ``pyro_sparse.export`` (checked against torch) and run by onnxruntime's
   CPU provider.
@@ -52,14 +54,14 @@ def _networks(directory: str):
     return full, compact.eval(), tuple(info["input_shape"]), info
 
 
-def _engine(name: str, full, compact, x: torch.Tensor, tmp: Path, threads: int):
+def _engine(name: str, full, compact, x: torch.Tensor, tmp: Path, threads: int, max_density: float = 0.05):
     """Two zero-argument callables (full, compact) that run one forward pass of ``x`` in engine ``name``."""
     if name == "eager":
         return (lambda: full(x)), (lambda: compact(x))
     if name == "eager+csr":  # mostly-zero dense layers as SparseLinear (pyro_sparse.sparse_kernels)
         from pyro_sparse import sparse_kernels
 
-        fast = sparse_kernels(compact)
+        fast = sparse_kernels(compact, max_density)
         return (lambda: full(x)), (lambda: fast(x))
     if name == "compile":
         f, c = torch.compile(full), torch.compile(compact)
@@ -79,7 +81,8 @@ def _engine(name: str, full, compact, x: torch.Tensor, tmp: Path, threads: int):
     return runs[0], runs[1]
 
 
-def measure(directory: str, engines: list[str], batches: list[int], threads: int, repeats: int) -> dict:
+def measure(directory: str, engines: list[str], batches: list[int], threads: int, repeats: int,
+            max_density: float = 0.05) -> dict:
     """One process's measurement of one directory: milliseconds and ratios per engine and batch size."""
     from pyro_sparse.metrics import network_cost, time_alternately
 
@@ -95,7 +98,7 @@ def measure(directory: str, engines: list[str], batches: list[int], threads: int
         for engine in engines:
             for bs in batches:
                 x = torch.rand(bs, *shape)
-                run_full, run_compact = _engine(engine, full, compact, x, Path(tmp), threads)
+                run_full, run_compact = _engine(engine, full, compact, x, Path(tmp), threads, max_density)
                 t_full, t_comp = time_alternately(run_full, run_compact, repeats)
                 row[f"{engine}_b{bs}"] = {"full_ms": 1e3 * t_full, "compact_ms": 1e3 * t_comp,
                                           "speedup": t_full / t_comp}
@@ -155,15 +158,19 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per directory (median over them)")
+    ap.add_argument("--csr-max-density", type=float, default=0.05,
+                    help="eager+csr: dense layers with at most this fraction of non-zero weights run sparse")
     ap.add_argument("--out", default=str(Path(__file__).with_name("latency_engines")), help="OUT.json, OUT.png")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process, one directory
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(measure(a.dirs[0], a.engines, a.batches, a.threads, a.repeats)))
+        print(json.dumps(measure(a.dirs[0], a.engines, a.batches, a.threads, a.repeats, a.csr_max_density)))
         return
     for name, v in (("--processes", a.processes), ("--threads", a.threads), ("--repeats", a.repeats)):
         if v < 1:
             ap.error(f"{name} must be >= 1, got {v}")
+    if not 0 < a.csr_max_density <= 1:
+        ap.error(f"--csr-max-density must be a fraction in (0, 1], got {a.csr_max_density}")
     if min(a.batches) < 1:
         ap.error(f"--batches must be >= 1, got {a.batches}")
     results = {}
@@ -171,7 +178,8 @@ def main():
         rows = []
         for _ in range(a.processes):
             cmd = [sys.executable, __file__, d, "--worker", "--threads", str(a.threads), "--repeats", str(a.repeats),
-                   "--engines", *a.engines, "--batches", *map(str, a.batches)]
+                   "--engines", *a.engines, "--batches", *map(str, a.batches),
+                   "--csr-max-density", str(a.csr_max_density)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"latency.py: {d}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
