@@ -8,7 +8,7 @@ from pyro_sparse.guides import MeanFieldGuide
 from pyro_sparse.models import nets
 from test_sparsify import _images, _train, force_prune
 
-from pyro_sparse import compact, load_compact, save_compact, sparsify
+from pyro_sparse import compact, export, load_compact, save_compact, sparsify
 from pyro_sparse.compact import defer_standardize
 from pyro_sparse.nn import Select
 from pyro_sparse.nn.units import Standardize
@@ -50,6 +50,9 @@ def test_a_compact_mlp_standardises_only_the_input_pixels_it_reads(method, tmp_p
     again = load_compact(tmp_path)
     assert again.standardize._deferred and again.fc1[0]._after == (again.standardize,)
     assert torch.equal(again(x), out)
+    # ONNX: the Select gathers rows of xᵀ under export; export() checks the file against the network in onnxruntime
+    pytest.importorskip("onnxruntime")
+    export(again, tmp_path / "net.onnx", x[:1])
 
 
 def test_only_a_scalar_standardisation_right_before_a_select_is_deferred():
@@ -66,6 +69,7 @@ def test_only_a_scalar_standardisation_right_before_a_select_is_deferred():
     defer_standardize(apart)
     assert not scalar._deferred  # another op between them: left where it is
     x = torch.randn(4, 3, 2, 2)
+    assert torch.allclose(Standardize(0.5, 2.0)(x), (x - 0.5) / 2.0)  # the formula itself, written out here
     near = torch.nn.Sequential(torch.nn.Flatten(), Standardize(0.5, 2.0), torch.nn.Flatten(),
                                torch.nn.Sequential(Select(torch.tensor([0, 3, 7])), torch.nn.Linear(3, 2)))
     expected = near(x)

@@ -6,13 +6,12 @@ for :class:`SparseLinear`, which multiplies with the weight in compressed sparse
 Measured on this project's 2-core CPU, one thread (``benchmarks/latency.py``, engine ``eager+csr``, and the
 micro-benchmark in the issue-29 note): at 2–5% non-zero a 300×784 layer runs 4–10× faster than dense at batch 32
 and 1000, about as fast at batch 1; at 10% non-zero CSR is still 2–3× faster at batch ≥ 32 but slower at batch 1.
-Hence the default ``max_density=0.05``. At batch 1000, the SVD LeNet-500-300 rows run faster with ``max_density=0.12``:
-their ``fc1`` is 10.8% non-zero, and the compact network goes 5.6× → 7.1× faster than the full one (quiet machine,
-RESULTS.md "Latency on a quiet machine"). At batch 32 the same setting is a little slower.
-The swapped network computes the same function (float32 sums in another
-order: differences of ~1e-6 relative); it is for running, not for saving or exporting — :func:`pyro_sparse.
-save_compact` stores sparse weights anyway (:mod:`pyro_sparse.csr`), and torch's ONNX exporter takes no sparse
-tensors.
+Hence the default ``max_density=0.05``. At batch 1000, the SVD LeNet-500-300 rows run faster with
+``max_density=0.12``: their ``fc1`` is 10.8% non-zero, and the compact network goes from 5.6–5.7× to 7.1–7.3× faster
+than the full one (quiet machine, RESULTS.md "Latency on a quiet machine"). At batch 32 that setting is a little
+slower. The swapped network computes the same function (float32 sums in another order: differences of ~1e-6
+relative); it is for running, not for saving or exporting — :func:`pyro_sparse.save_compact` stores sparse weights
+anyway (:mod:`pyro_sparse.csr`), and torch's ONNX exporter takes no sparse tensors.
 """
 
 from __future__ import annotations
